@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up and runs the Frontdoor engine on a fresh Debian/Ubuntu machine:
+# installs the system packages it needs, builds it, checks the dialplans and
+# starts `frontdoor serve` with config.toml. Extra arguments go to `serve`,
+# e.g. scripts/run.sh --sip 0.0.0.0:5080
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "Rust (cargo) is not installed: install it with your distribution's rustup package, then run this again." >&2
+  exit 1
+fi
+
+cargo build --release --locked
+target/release/frontdoor dialplan check
+exec target/release/frontdoor serve "$@"

@@ -1,0 +1,571 @@
+//! Safeguarding and escalation rules, loaded from a file a safeguarding lead
+//! owns (`governance/safeguarding.toml`).
+//!
+//! Detection is deliberately rule-based: every escalation must be explainable
+//! to an auditor by the rule that fired, and a lead must be able to add a
+//! phrase they heard on a call without a programmer or a retrained model.
+//! Figurative guards *mask* the words they match rather than veto the whole
+//! utterance, so "this is killing me, I want to end it all" still escalates.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use super::AnswerError;
+use super::normalize::normalise;
+
+/// What the engine must do about the person, whatever the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Escalation {
+    None,
+    Distress,
+    Safeguarding,
+    Emergency,
+    HumanRequest,
+}
+
+impl Escalation {
+    pub const ALL_ESCALATING: [Escalation; 4] = [
+        Escalation::Emergency,
+        Escalation::Distress,
+        Escalation::Safeguarding,
+        Escalation::HumanRequest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escalation::None => "none",
+            Escalation::Distress => "distress",
+            Escalation::Safeguarding => "safeguarding",
+            Escalation::Emergency => "emergency",
+            Escalation::HumanRequest => "human_request",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Escalation> {
+        Some(match name {
+            "none" => Escalation::None,
+            "distress" => Escalation::Distress,
+            "safeguarding" => Escalation::Safeguarding,
+            "emergency" => Escalation::Emergency,
+            "human_request" => Escalation::HumanRequest,
+            _ => return None,
+        })
+    }
+
+    pub fn is_escalation(self) -> bool {
+        self != Escalation::None
+    }
+
+    /// Risk to a person (as opposed to a preference for a human).
+    pub fn is_risk(self) -> bool {
+        matches!(
+            self,
+            Escalation::Distress | Escalation::Safeguarding | Escalation::Emergency
+        )
+    }
+}
+
+/// How urgently the contact centre must pick up a transferred call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Urgent,
+    High,
+    Normal,
+}
+
+/// What an escalation category does once it fires.
+#[derive(Debug, Clone)]
+pub struct CategoryPolicy {
+    pub threshold: f32,
+    pub priority: Priority,
+    pub queue: String,
+    /// Spoken to the caller before the transfer.
+    pub message: String,
+}
+
+/// Messages a caller must hear whatever else fails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyMessages {
+    /// Played when no agent can take a transferred call at risk.
+    pub no_agent_available: String,
+    /// Played when no agent can take an ordinary transfer.
+    pub no_agent_available_routine: String,
+}
+
+/// Thresholds for handing over a conversation that is not working.
+#[derive(Debug, Clone)]
+pub struct ComplexityPolicy {
+    pub max_low_confidence_turns: u32,
+    pub max_failed_clarifications: u32,
+    pub max_repeats: u32,
+    pub repeat_similarity: f32,
+    pub priority: Priority,
+    pub message: String,
+    frustration: Vec<CompiledMatcher>,
+}
+
+impl ComplexityPolicy {
+    /// The frustration rule that matched, if the caller is fed up with the assistant.
+    pub fn frustration(&self, normalised: &str) -> Option<(String, String)> {
+        self.frustration
+            .iter()
+            .find_map(|m| m.find(normalised).map(|hit| (m.id.clone(), hit)))
+    }
+}
+
+/// The outcome of assessing one utterance, with its audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EscalationDecision {
+    pub escalation: Escalation,
+    /// Summed weight of the fired rules in the chosen category.
+    pub score: f32,
+    /// Rule ids, matched words and scores, for the agent and the audit log.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledMatcher {
+    id: String,
+    regexes: Vec<Regex>,
+}
+
+impl CompiledMatcher {
+    fn find(&self, text: &str) -> Option<String> {
+        self.regexes
+            .iter()
+            .find_map(|re| re.find(text).map(|m| m.as_str().to_string()))
+    }
+
+    /// Every different wording the matcher finds, so that separate weak
+    /// signals ("had enough" and "pills") add up.
+    fn find_distinct(&self, text: &str) -> Vec<String> {
+        let mut found: Vec<String> = Vec::new();
+        for re in &self.regexes {
+            for m in re.find_iter(text) {
+                let hit = m.as_str();
+                if !found.iter().any(|f| f == hit) && found.len() < 8 {
+                    found.push(hit.to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    matcher: CompiledMatcher,
+    category: Escalation,
+    weight: f32,
+}
+
+/// The validated, compiled governance configuration.
+#[derive(Debug)]
+pub struct Governance {
+    precedence: Vec<Escalation>,
+    categories: BTreeMap<Escalation, CategoryPolicy>,
+    guards: Vec<CompiledMatcher>,
+    rules: Vec<CompiledRule>,
+    pub complexity: ComplexityPolicy,
+    pub safety: SafetyMessages,
+    /// Below this classifier confidence the assistant asks rather than answers.
+    pub clarify_below: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GovernanceFile {
+    precedence: Vec<String>,
+    safety: SafetyMessages,
+    categories: BTreeMap<String, CategoryFile>,
+    #[serde(default, rename = "guard")]
+    guards: Vec<MatcherFile>,
+    #[serde(rename = "rule")]
+    rules: Vec<RuleFile>,
+    complexity: ComplexityFile,
+    understanding: UnderstandingFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategoryFile {
+    threshold: f32,
+    priority: Priority,
+    queue: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatcherFile {
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read by people, kept so the file may explain itself
+    note: Option<String>,
+    #[serde(default)]
+    phrases: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    id: String,
+    category: String,
+    #[serde(default = "default_weight")]
+    weight: f32,
+    #[serde(default)]
+    #[allow(dead_code)]
+    note: Option<String>,
+    #[serde(default)]
+    phrases: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+fn default_weight() -> f32 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComplexityFile {
+    max_low_confidence_turns: u32,
+    max_failed_clarifications: u32,
+    max_repeats: u32,
+    repeat_similarity: f32,
+    priority: Priority,
+    message: String,
+    frustration: MatcherFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnderstandingFile {
+    clarify_below: f32,
+}
+
+impl Governance {
+    pub fn load(path: &Path) -> Result<Governance, AnswerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AnswerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Governance::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Governance, AnswerError> {
+        let invalid = |reason: String| AnswerError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file: GovernanceFile =
+            toml::from_str(text).map_err(|e| invalid(format!("not valid governance TOML: {e}")))?;
+
+        let mut precedence = Vec::with_capacity(4);
+        for name in &file.precedence {
+            let category = Escalation::parse(name)
+                .filter(|c| c.is_escalation())
+                .ok_or_else(|| invalid(format!("precedence: unknown category `{name}`")))?;
+            if precedence.contains(&category) {
+                return Err(invalid(format!("precedence: `{name}` listed twice")));
+            }
+            precedence.push(category);
+        }
+        for category in Escalation::ALL_ESCALATING {
+            if !precedence.contains(&category) {
+                return Err(invalid(format!(
+                    "precedence: `{}` is missing; every category must be ranked",
+                    category.as_str()
+                )));
+            }
+        }
+
+        let mut categories = BTreeMap::new();
+        for (name, cfg) in file.categories {
+            let category = Escalation::parse(&name)
+                .filter(|c| c.is_escalation())
+                .ok_or_else(|| invalid(format!("[categories.{name}]: unknown category")))?;
+            if !(cfg.threshold.is_finite() && cfg.threshold > 0.0) {
+                return Err(invalid(format!(
+                    "[categories.{name}]: threshold must be a positive number"
+                )));
+            }
+            if cfg.message.trim().is_empty() || cfg.queue.trim().is_empty() {
+                return Err(invalid(format!(
+                    "[categories.{name}]: message and queue must not be empty"
+                )));
+            }
+            categories.insert(
+                category,
+                CategoryPolicy {
+                    threshold: cfg.threshold,
+                    priority: cfg.priority,
+                    queue: cfg.queue,
+                    message: cfg.message,
+                },
+            );
+        }
+        for category in Escalation::ALL_ESCALATING {
+            if !categories.contains_key(&category) {
+                return Err(invalid(format!(
+                    "[categories.{}] is missing: say what this escalation does",
+                    category.as_str()
+                )));
+            }
+        }
+
+        let mut seen_ids = HashSet::new();
+        let mut guards = Vec::with_capacity(file.guards.len());
+        for guard in &file.guards {
+            guards.push(compile_matcher(guard, "guard", &mut seen_ids).map_err(invalid)?);
+        }
+
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for rule in &file.rules {
+            let category = Escalation::parse(&rule.category)
+                .filter(|c| c.is_escalation())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "rule `{}`: unknown category `{}` (use distress, safeguarding, emergency or human_request)",
+                        rule.id, rule.category
+                    ))
+                })?;
+            if !(rule.weight.is_finite() && rule.weight > 0.0) {
+                return Err(invalid(format!(
+                    "rule `{}`: weight must be a positive number",
+                    rule.id
+                )));
+            }
+            let as_matcher = MatcherFile {
+                id: rule.id.clone(),
+                note: None,
+                phrases: rule.phrases.clone(),
+                patterns: rule.patterns.clone(),
+            };
+            let matcher = compile_matcher(&as_matcher, "rule", &mut seen_ids).map_err(invalid)?;
+            rules.push(CompiledRule {
+                matcher,
+                category,
+                weight: rule.weight,
+            });
+        }
+        for category in Escalation::ALL_ESCALATING {
+            if !rules.iter().any(|r| r.category == category) {
+                return Err(invalid(format!(
+                    "no rule detects `{}`; at least one is required",
+                    category.as_str()
+                )));
+            }
+        }
+
+        let c = file.complexity;
+        if !(0.0..=1.0).contains(&c.repeat_similarity) {
+            return Err(invalid(
+                "[complexity] repeat_similarity must be between 0 and 1".into(),
+            ));
+        }
+        if c.max_failed_clarifications == 0 || c.max_low_confidence_turns == 0 || c.max_repeats == 0
+        {
+            return Err(invalid(
+                "[complexity] limits must be at least 1 (0 would hand over every call)".into(),
+            ));
+        }
+        if c.message.trim().is_empty() {
+            return Err(invalid("[complexity] message must not be empty".into()));
+        }
+        let frustration = vec![
+            compile_matcher(&c.frustration, "complexity.frustration", &mut seen_ids)
+                .map_err(invalid)?,
+        ];
+
+        let clarify_below = file.understanding.clarify_below;
+        if !(0.0..1.0).contains(&clarify_below) {
+            return Err(invalid(
+                "[understanding] clarify_below must be at least 0 and below 1".into(),
+            ));
+        }
+        if file.safety.no_agent_available.trim().is_empty()
+            || file.safety.no_agent_available_routine.trim().is_empty()
+        {
+            return Err(invalid("[safety] messages must not be empty".into()));
+        }
+
+        Ok(Governance {
+            precedence,
+            categories,
+            guards,
+            rules,
+            complexity: ComplexityPolicy {
+                max_low_confidence_turns: c.max_low_confidence_turns,
+                max_failed_clarifications: c.max_failed_clarifications,
+                max_repeats: c.max_repeats,
+                repeat_similarity: c.repeat_similarity,
+                priority: c.priority,
+                message: c.message,
+                frustration,
+            },
+            safety: file.safety,
+            clarify_below,
+        })
+    }
+
+    pub fn policy(&self, category: Escalation) -> Option<&CategoryPolicy> {
+        self.categories.get(&category)
+    }
+
+    /// Assesses already-normalised text. Never fails: unknown input is `none`.
+    pub fn assess(&self, normalised: &str) -> EscalationDecision {
+        // Guards blank out figurative spans so the rules never see them.
+        let mut masked = normalised.to_string();
+        let mut guard_notes = String::new();
+        for guard in &self.guards {
+            for re in &guard.regexes {
+                if let std::borrow::Cow::Owned(replaced) = re.replace_all(&masked, " _ ") {
+                    let _ = write!(
+                        guard_notes,
+                        "; guard {} masked figurative wording",
+                        guard.id
+                    );
+                    masked = replaced;
+                }
+            }
+        }
+
+        let mut scores: BTreeMap<Escalation, (f32, String)> = BTreeMap::new();
+        for rule in &self.rules {
+            let hits = rule.matcher.find_distinct(&masked);
+            if hits.is_empty() {
+                continue;
+            }
+            let added = rule.weight * hits.len() as f32;
+            let entry = scores.entry(rule.category).or_insert((0.0, String::new()));
+            entry.0 += added;
+            if !entry.1.is_empty() {
+                entry.1.push_str(", ");
+            }
+            let _ = write!(
+                entry.1,
+                "{} matched \"{}\" (+{:.2})",
+                rule.matcher.id,
+                hits.join("\", \""),
+                added
+            );
+        }
+
+        for category in &self.precedence {
+            let Some((score, hits)) = scores.get(category) else {
+                continue;
+            };
+            let threshold = self
+                .categories
+                .get(category)
+                .map_or(1.0, |policy| policy.threshold);
+            if *score >= threshold {
+                return EscalationDecision {
+                    escalation: *category,
+                    score: *score,
+                    reason: format!(
+                        "{}: {} (score {:.2} >= {:.2}){}",
+                        category.as_str(),
+                        hits,
+                        score,
+                        threshold,
+                        guard_notes
+                    ),
+                };
+            }
+        }
+
+        let mut reason = String::from("no escalation rule reached its threshold");
+        for (category, (score, hits)) in &scores {
+            let _ = write!(
+                reason,
+                "; below threshold {}: {} ({score:.2})",
+                category.as_str(),
+                hits
+            );
+        }
+        reason.push_str(&guard_notes);
+        EscalationDecision {
+            escalation: Escalation::None,
+            score: 0.0,
+            reason,
+        }
+    }
+}
+
+/// Builds the regexes for one rule or guard. Phrases become word-bounded
+/// literal matches; patterns are regexes. Both are normalised like the
+/// caller's words (lower case, apostrophes removed) so "can't" in the file
+/// matches "cant" or "can't" from the recogniser.
+fn compile_matcher(
+    file: &MatcherFile,
+    kind: &str,
+    seen_ids: &mut HashSet<String>,
+) -> Result<CompiledMatcher, String> {
+    if file.id.trim().is_empty() {
+        return Err(format!("a {kind} has an empty id"));
+    }
+    if !seen_ids.insert(file.id.clone()) {
+        return Err(format!("{kind} `{}`: id used twice", file.id));
+    }
+    if file.phrases.is_empty() && file.patterns.is_empty() {
+        return Err(format!(
+            "{kind} `{}`: needs at least one phrase or pattern",
+            file.id
+        ));
+    }
+    let mut regexes = Vec::with_capacity(2);
+    let mut alternatives = Vec::with_capacity(file.phrases.len());
+    for phrase in &file.phrases {
+        let canonical = normalise(phrase);
+        if canonical.is_empty() {
+            return Err(format!(
+                "{kind} `{}`: phrase {phrase:?} is empty once punctuation is removed",
+                file.id
+            ));
+        }
+        alternatives.push(regex::escape(&canonical));
+    }
+    if !alternatives.is_empty() {
+        let source = format!(r"\b(?:{})\b", alternatives.join("|"));
+        regexes.push(
+            Regex::new(&source)
+                .map_err(|e| format!("{kind} `{}`: phrases do not compile: {e}", file.id))?,
+        );
+    }
+    for pattern in &file.patterns {
+        let source: String = pattern
+            .chars()
+            .filter(|c| !matches!(c, '\'' | '’' | '‘'))
+            .collect::<String>()
+            .to_lowercase();
+        let re = Regex::new(&source).map_err(|e| {
+            format!(
+                "{kind} `{}`: pattern {pattern:?} is not a valid regular expression: {e}",
+                file.id
+            )
+        })?;
+        if re.is_match("") {
+            return Err(format!(
+                "{kind} `{}`: pattern {pattern:?} matches empty text, so it would fire on every call",
+                file.id
+            ));
+        }
+        regexes.push(re);
+    }
+    Ok(CompiledMatcher {
+        id: file.id.clone(),
+        regexes,
+    })
+}

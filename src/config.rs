@@ -1,0 +1,381 @@
+//! Engine configuration (`config.toml`).
+//!
+//! Every field has a default so that an empty file is a valid configuration;
+//! operators override the handful of settings they change most on the command
+//! line (see `frontdoor serve --help`).
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipSection,
+    pub media: MediaSection,
+    pub http: HttpSection,
+    pub data: DataSection,
+    pub dialplans: DialplanSection,
+    pub limits: LimitsSection,
+    pub shutdown: ShutdownSection,
+    pub logging: LoggingSection,
+    pub assistant: AssistantSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipSection {
+    /// Address for both UDP and TCP.
+    pub listen: SocketAddr,
+    /// Host name or IP placed in Contact headers; defaults to the address
+    /// the caller's packets arrived on.
+    pub advertised_host: Option<String>,
+    pub user_agent: String,
+    /// RFC 3261 T1 in milliseconds (500 on the public internet; lower on a LAN).
+    pub t1_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSection {
+    /// RTP port range, `LOW-HIGH`. RTP uses even ports, RTCP the next odd one.
+    pub rtp_ports: String,
+    /// IP placed in SDP `c=` lines. Defaults to the local address that routes
+    /// to the caller (which is right on a single-homed host).
+    pub advertised_ip: Option<std::net::IpAddr>,
+    /// Codecs offered/accepted, in preference order.
+    pub codecs: Vec<String>,
+    /// Hang up a call when no RTP has arrived for this long (not while on hold).
+    pub inactivity_timeout_secs: u64,
+    pub jitter_min_ms: u32,
+    pub jitter_max_ms: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Directory for the call database and recordings.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DialplanSection {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Concurrent calls; further INVITEs get 503 with Retry-After.
+    pub max_calls: usize,
+    pub retry_after_secs: u32,
+    /// Longest a call may last before Frontdoor hangs up (a safety net).
+    pub max_call_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSection {
+    /// On SIGTERM, calls in progress get this long to finish before they are hung up.
+    pub grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingSection {
+    /// `text` (human-readable) or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `frontdoor=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssistantSection {
+    /// Knowledge base directory (`knowledge/*.toml`).
+    pub knowledge_dir: PathBuf,
+    /// Safeguarding and escalation rules.
+    pub governance_file: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipSection::default(),
+            media: MediaSection::default(),
+            http: HttpSection::default(),
+            data: DataSection::default(),
+            dialplans: DialplanSection::default(),
+            limits: LimitsSection::default(),
+            shutdown: ShutdownSection::default(),
+            logging: LoggingSection::default(),
+            assistant: AssistantSection::default(),
+        }
+    }
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            listen: "0.0.0.0:5060".parse().expect("valid literal"),
+            advertised_host: None,
+            user_agent: format!("Frontdoor/{}", env!("CARGO_PKG_VERSION")),
+            t1_ms: 500,
+        }
+    }
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        MediaSection {
+            rtp_ports: "20000-29999".into(),
+            advertised_ip: None,
+            codecs: vec!["PCMU".into(), "PCMA".into()],
+            inactivity_timeout_secs: 30,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+        }
+    }
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Default for DialplanSection {
+    fn default() -> Self {
+        DialplanSection {
+            dir: PathBuf::from("dialplans"),
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_calls: 200,
+            retry_after_secs: 30,
+            max_call_secs: 3600,
+        }
+    }
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection { grace_secs: 10 }
+    }
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for AssistantSection {
+    fn default() -> Self {
+        AssistantSection {
+            knowledge_dir: PathBuf::from("knowledge"),
+            governance_file: PathBuf::from("governance/safeguarding.toml"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`. A missing file is an error only when the operator named
+    /// it explicitly (`required`); the default `config.toml` may be absent.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        parse_port_range(&self.media.rtp_ports)
+            .map_err(|m| invalid(format!("media.rtp_ports: {m}")))?;
+        for codec in &self.media.codecs {
+            if !matches!(codec.to_ascii_uppercase().as_str(), "PCMU" | "PCMA") {
+                return Err(invalid(format!(
+                    "media.codecs: unsupported codec {codec:?} (supported: PCMU, PCMA)"
+                )));
+            }
+        }
+        if self.media.codecs.is_empty() {
+            return Err(invalid("media.codecs: at least one codec is needed".into()));
+        }
+        if self.media.jitter_min_ms > self.media.jitter_max_ms {
+            return Err(invalid(
+                "media.jitter_min_ms is larger than media.jitter_max_ms".into(),
+            ));
+        }
+        if self.limits.max_calls == 0 {
+            return Err(invalid("limits.max_calls must be at least 1".into()));
+        }
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            return Err(invalid(format!(
+                "logging.format: {:?} is neither \"text\" nor \"json\"",
+                self.logging.format
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn rtp_port_range(&self) -> RangeInclusive<u16> {
+        parse_port_range(&self.media.rtp_ports).unwrap_or(20000..=29999)
+    }
+
+    pub fn inactivity_timeout(&self) -> Duration {
+        Duration::from_secs(self.media.inactivity_timeout_secs)
+    }
+}
+
+/// Parses `LOW-HIGH` into an inclusive range holding at least one even/odd
+/// (RTP/RTCP) pair.
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not LOW-HIGH"))?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .map_err(|_| format!("{low:?} is not a port number"))?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .map_err(|_| format!("{high:?} is not a port number"))?;
+    if low < 1024 || high <= low {
+        return Err(format!(
+            "{text:?}: need 1024 <= LOW < HIGH with room for an RTP/RTCP pair"
+        ));
+    }
+    Ok(low..=high)
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.sip.listen.port(), 5060);
+        assert_eq!(config.limits.max_calls, 200);
+        config.validate(Path::new("x")).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_point_at_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[sip]\nlisten = \"0.0.0.0:5060\"\nlisen = 3\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains(":3:"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+
+        std::fs::write(&path, "[media]\nrtp_ports = \"30000\"\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("rtp_ports"), "{err}");
+
+        std::fs::write(&path, "[media]\ncodecs = [\"G729\"]\n").unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("G729"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_named_file_is_not() {
+        let missing = Path::new("/nonexistent/frontdoor.toml");
+        assert!(Config::load(missing, false).is_ok());
+        assert!(Config::load(missing, true).is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("20000-20010").unwrap(), 20000..=20010);
+        assert!(parse_port_range("20010-20000").is_err());
+        assert!(parse_port_range("80-90").is_err());
+        assert!(parse_port_range("a-b").is_err());
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 0), (1, 1));
+    }
+}

@@ -1,0 +1,562 @@
+//! Dialplans: which number goes where, and what happens on the call.
+//!
+//! Files in the dialplan directory (`*.toml`) are read in name order; routes
+//! are tried in that order and the first match wins. A broken file is a
+//! [`DialplanError`] naming the file, the line and the reason — it stops
+//! start-up (`frontdoor serve`) and is what `frontdoor dialplan check` prints,
+//! so an admin's typo never turns into a dropped call at run time.
+//!
+//! ```toml
+//! [[route]]
+//! name = "main"
+//! match.number = "*"            # dialled number: "*", exact, or prefix "01332*"
+//! match.caller = "*"            # optional: calling number, same patterns
+//! ring_secs = 1.0               # optional: ring before answering
+//! actions = [
+//!   { play = "prompts/welcome.wav" },
+//!   { record = { max_secs = 30 } },
+//!   { hangup = {} },
+//! ]
+//!
+//! [route.hours]                 # optional: opening hours (engine's local time)
+//! open = ["mon-fri 08:30-17:00", "sat 09:00-12:30"]
+//! closed_actions = [ { play = "prompts/closed.wav" }, { hangup = {} } ]
+//! ```
+
+mod hours;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+pub use hours::{OpeningHours, WeeklyWindow};
+
+use crate::config::line_col;
+
+/// Decoded 8 kHz mono audio shared by every call that plays it.
+pub type Samples = Arc<[i16]>;
+
+#[derive(Debug, Error)]
+pub enum DialplanError {
+    #[error("{}:{line}: {message}", path.display())]
+    At {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+}
+
+impl DialplanError {
+    fn at(path: &Path, text: &str, span: std::ops::Range<usize>, message: String) -> Self {
+        DialplanError::At {
+            path: path.to_path_buf(),
+            line: line_col(text, span.start).0,
+            message,
+        }
+    }
+    fn file(path: &Path, message: impl Into<String>) -> Self {
+        DialplanError::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---- file format -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    route: Vec<RouteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSpec {
+    name: Spanned<String>,
+    #[serde(rename = "match", default)]
+    matcher: MatchSpec,
+    actions: Spanned<Vec<Spanned<ActionSpec>>>,
+    hours: Option<HoursSpec>,
+    /// Let the caller hear ringing this long before answering.
+    ring_secs: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MatchSpec {
+    number: Option<Spanned<String>>,
+    caller: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoursSpec {
+    open: Spanned<Vec<String>>,
+    closed_actions: Spanned<Vec<Spanned<ActionSpec>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum ActionSpec {
+    Play(String),
+    Record { max_secs: u64 },
+    Pause { secs: f64 },
+    Hangup {},
+}
+
+// ---- compiled form ----------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Pattern, String> {
+        let text = text.trim();
+        if text == "*" {
+            return Ok(Pattern::Any);
+        }
+        let (body, prefix) = match text.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if body.is_empty() || body.contains('*') {
+            return Err(format!(
+                "pattern {text:?}: use \"*\", an exact number or a prefix ending in \"*\""
+            ));
+        }
+        if !body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+#-._".contains(c))
+        {
+            return Err(format!(
+                "pattern {text:?} has characters a number cannot have"
+            ));
+        }
+        let body = normalise_number(body);
+        Ok(if prefix {
+            Pattern::Prefix(body)
+        } else {
+            Pattern::Exact(body)
+        })
+    }
+
+    pub fn matches(&self, number: &str) -> bool {
+        let number = normalise_number(number);
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(n) => number == *n,
+            Pattern::Prefix(p) => number.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Numbers arrive as `01332…`, `+441332…` or with visual separators; routes
+/// compare them without the separators.
+fn normalise_number(n: &str) -> String {
+    n.chars().filter(|c| !"-._ ".contains(*c)).collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub path: PathBuf,
+    pub samples: Samples,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Play(Prompt),
+    /// Record the caller for up to this long (the whole call is recorded in
+    /// stereo while a route records; this is how long Frontdoor listens).
+    Record {
+        max: Duration,
+    },
+    Pause(Duration),
+    Hangup,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub file: PathBuf,
+    pub number: Pattern,
+    pub caller: Pattern,
+    pub actions: Vec<Action>,
+    pub hours: Option<(OpeningHours, Vec<Action>)>,
+    /// How long the caller hears ringing (180) before Frontdoor answers.
+    pub ring: Duration,
+}
+
+impl Route {
+    /// The actions for a call arriving at local time `now`.
+    pub fn actions_at(&self, now: chrono::NaiveDateTime) -> &[Action] {
+        match &self.hours {
+            Some((hours, closed)) if !hours.is_open(now) => closed,
+            _ => &self.actions,
+        }
+    }
+
+    pub fn records(&self) -> bool {
+        let has_record =
+            |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Record { .. }));
+        has_record(&self.actions) || self.hours.as_ref().is_some_and(|(_, c)| has_record(c))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Dialplan {
+    pub routes: Vec<Route>,
+}
+
+impl Dialplan {
+    /// Loads every `*.toml` in `dir`. `load_prompt` decodes a WAV into 8 kHz
+    /// mono (the engine passes the media layer's loader) so that a missing or
+    /// unreadable prompt is caught here, not during a call.
+    pub fn load(
+        dir: &Path,
+        load_prompt: &mut dyn FnMut(&Path) -> Result<Samples, String>,
+    ) -> Result<Dialplan, DialplanError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            DialplanError::file(dir, format!("cannot read dialplan directory: {e}"))
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(DialplanError::file(dir, "no *.toml dialplan files"));
+        }
+        let mut plan = Dialplan::default();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| DialplanError::file(&file, format!("cannot read: {e}")))?;
+            plan.routes
+                .extend(parse_file(&file, &text, &mut *load_prompt)?);
+        }
+        if plan.routes.is_empty() {
+            return Err(DialplanError::file(
+                dir,
+                "the dialplan files define no [[route]]",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for route in &plan.routes {
+            if !names.insert(route.name.as_str()) {
+                return Err(DialplanError::file(
+                    &route.file,
+                    format!("route name {:?} is used twice", route.name),
+                ));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The first route whose patterns match.
+    pub fn route(&self, dialled: &str, caller: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.number.matches(dialled) && r.caller.matches(caller))
+    }
+}
+
+fn parse_file(
+    path: &Path,
+    text: &str,
+    load_prompt: &mut dyn FnMut(&Path) -> Result<Samples, String>,
+) -> Result<Vec<Route>, DialplanError> {
+    let spec: FileSpec = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        DialplanError::at(path, text, span, e.message().trim().to_string())
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut routes = Vec::new();
+    for r in spec.route {
+        let name_span = r.name.span();
+        let name = r.name.into_inner();
+        if name.trim().is_empty() {
+            return Err(DialplanError::at(
+                path,
+                text,
+                name_span,
+                "route name is empty".into(),
+            ));
+        }
+        let pattern = |p: Option<Spanned<String>>| -> Result<Pattern, DialplanError> {
+            match p {
+                None => Ok(Pattern::Any),
+                Some(p) => {
+                    let span = p.span();
+                    Pattern::parse(p.get_ref()).map_err(|m| DialplanError::at(path, text, span, m))
+                }
+            }
+        };
+        let number = pattern(r.matcher.number)?;
+        let caller = pattern(r.matcher.caller)?;
+        let actions = compile_actions(path, text, base, r.actions, &mut *load_prompt)?;
+        let hours = match r.hours {
+            None => None,
+            Some(h) => {
+                let span = h.open.span();
+                let open = OpeningHours::parse(h.open.get_ref())
+                    .map_err(|m| DialplanError::at(path, text, span, m))?;
+                let closed =
+                    compile_actions(path, text, base, h.closed_actions, &mut *load_prompt)?;
+                Some((open, closed))
+            }
+        };
+        let ring = match r.ring_secs {
+            None => Duration::ZERO,
+            Some(s) => {
+                let secs = *s.get_ref();
+                if !(0.0..=60.0).contains(&secs) {
+                    return Err(DialplanError::at(
+                        path,
+                        text,
+                        s.span(),
+                        format!("ring_secs = {secs}: must be between 0 and 60"),
+                    ));
+                }
+                Duration::from_secs_f64(secs)
+            }
+        };
+        routes.push(Route {
+            name,
+            ring,
+            file: path.to_path_buf(),
+            number,
+            caller,
+            actions,
+            hours,
+        });
+    }
+    Ok(routes)
+}
+
+fn compile_actions(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    specs: Spanned<Vec<Spanned<ActionSpec>>>,
+    load_prompt: &mut dyn FnMut(&Path) -> Result<Samples, String>,
+) -> Result<Vec<Action>, DialplanError> {
+    let list_span = specs.span();
+    let specs = specs.into_inner();
+    if specs.is_empty() {
+        return Err(DialplanError::at(
+            path,
+            text,
+            list_span,
+            "a route needs at least one action (play, record, pause, hangup)".into(),
+        ));
+    }
+    let mut actions = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let span = spec.span();
+        let err = |m: String| DialplanError::at(path, text, span.clone(), m);
+        actions.push(match spec.into_inner() {
+            ActionSpec::Play(file) => {
+                let file_path = if Path::new(&file).is_absolute() {
+                    PathBuf::from(&file)
+                } else {
+                    base.join(&file)
+                };
+                let samples =
+                    load_prompt(&file_path).map_err(|m| err(format!("prompt {file:?}: {m}")))?;
+                Action::Play(Prompt {
+                    path: file_path,
+                    samples,
+                })
+            }
+            ActionSpec::Record { max_secs } => {
+                if max_secs == 0 || max_secs > 3600 {
+                    return Err(err(format!(
+                        "record max_secs = {max_secs}: must be between 1 and 3600"
+                    )));
+                }
+                Action::Record {
+                    max: Duration::from_secs(max_secs),
+                }
+            }
+            ActionSpec::Pause { secs } => {
+                if !(secs > 0.0 && secs <= 600.0) {
+                    return Err(err(format!(
+                        "pause secs = {secs}: must be between 0 and 600"
+                    )));
+                }
+                Action::Pause(Duration::from_secs_f64(secs))
+            }
+            ActionSpec::Hangup {} => Action::Hangup,
+        });
+    }
+    Ok(actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_prompt(_: &Path) -> Result<Samples, String> {
+        Ok(Arc::from(vec![0i16; 160]))
+    }
+
+    fn load_str(text: &str) -> Result<Dialplan, DialplanError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.toml"), text).unwrap();
+        Dialplan::load(dir.path(), &mut |p| {
+            if p.to_string_lossy().contains("missing") {
+                Err("file not found".into())
+            } else {
+                ok_prompt(p)
+            }
+        })
+    }
+
+    #[test]
+    fn routes_by_number_then_caller_first_match_wins() {
+        let plan = load_str(
+            r#"
+[[route]]
+name = "vip"
+match.number = "01332*"
+match.caller = "07700900123"
+actions = [{ hangup = {} }]
+
+[[route]]
+name = "derby"
+match.number = "01332*"
+actions = [{ play = "welcome.wav" }, { record = { max_secs = 5 } }, { pause = { secs = 0.5 } }, { hangup = {} }]
+
+[[route]]
+name = "default"
+match.number = "*"
+actions = [{ hangup = {} }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.route("01332 640000", "07700900123").unwrap().name,
+            "vip"
+        );
+        assert_eq!(plan.route("01332640000", "0115").unwrap().name, "derby");
+        assert_eq!(plan.route("999", "0115").unwrap().name, "default");
+        let derby = plan.route("01332640000", "x").unwrap();
+        assert_eq!(derby.actions.len(), 4);
+        assert!(derby.records());
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let plan = load_str(
+            "[[route]]\nname = \"a\"\nmatch.number = \"100\"\nactions = [{ hangup = {} }]\n",
+        )
+        .unwrap();
+        assert!(plan.route("200", "x").is_none());
+        assert!(plan.route("100", "x").is_some());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            (
+                "[[route]]\nname = \"a\"\nactions = [{ hangup = {} }]\n\n[[route]]\nname = \"b\"\nactions = [{ dance = {} }]\n",
+                7,
+                "dance",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nmatch.number = \"12*34\"\nactions = [{ hangup = {} }]\n",
+                3,
+                "pattern",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nactions = [\n  { play = \"missing.wav\" },\n]\n",
+                4,
+                "missing.wav",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nactions = []\n",
+                3,
+                "at least one action",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nactions = [{ record = { max_secs = 0 } }]\n",
+                3,
+                "max_secs",
+            ),
+            ("[[route]\nname = \"a\"\n", 1, ""),
+            (
+                "[[route]]\nname = \"a\"\nactions = [{ hangup = {} }]\n[route.hours]\nopen = [\"someday 9-5\"]\nclosed_actions = [{ hangup = {} }]\n",
+                5,
+                "someday",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let err = load_str(text).unwrap_err();
+            match &err {
+                DialplanError::At {
+                    line: l, message, ..
+                } => {
+                    assert_eq!(*l, line, "{err} for {text:?}");
+                    assert!(message.contains(needle), "{err}");
+                }
+                other => panic!("expected a line, got {other}"),
+            }
+            assert!(err.to_string().contains("main.toml:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_names_and_empty_dirs_are_errors() {
+        let err = load_str("[[route]]\nname = \"a\"\nactions = [{ hangup = {} }]\n[[route]]\nname = \"a\"\nactions = [{ hangup = {} }]\n").unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Dialplan::load(dir.path(), &mut ok_prompt).is_err());
+    }
+
+    #[test]
+    fn opening_hours_pick_the_closed_actions() {
+        let plan = load_str(
+            "[[route]]\nname = \"a\"\nactions = [{ record = { max_secs = 5 } }]\n[route.hours]\nopen = [\"mon-fri 08:30-17:00\"]\nclosed_actions = [{ hangup = {} }]\n",
+        )
+        .unwrap();
+        let route = &plan.routes[0];
+        let monday_noon = chrono::NaiveDate::from_ymd_opt(2026, 11, 23)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        let sunday_noon = chrono::NaiveDate::from_ymd_opt(2026, 11, 22)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        assert!(matches!(
+            route.actions_at(monday_noon)[0],
+            Action::Record { .. }
+        ));
+        assert!(matches!(route.actions_at(sunday_noon)[0], Action::Hangup));
+    }
+
+    #[test]
+    fn shipped_dialplans_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans");
+        let plan = Dialplan::load(&dir, &mut |p| {
+            if p.exists() {
+                ok_prompt(p)
+            } else {
+                Err(format!("{} missing", p.display()))
+            }
+        })
+        .unwrap();
+        assert!(plan.route("01332640000", "07700900000").is_some());
+    }
+}

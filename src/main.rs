@@ -1,0 +1,217 @@
+//! `frontdoor`: the command-line entry point.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use frontdoor::config::{Config, parse_port_range};
+
+/// Frontdoor: a voice-first AI contact-centre engine that answers a council's
+/// phone line over SIP, entirely on local machines.
+#[derive(Parser)]
+#[command(name = "frontdoor", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Configuration file. Without this flag `config.toml` in the current
+    /// directory is used if present, otherwise built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Log as JSON lines (one object per event) instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: answer SIP calls as the dialplans say.
+    Serve(ServeArgs),
+    /// Work with dialplan files.
+    #[command(subcommand)]
+    Dialplan(DialplanCommand),
+    /// Classify resident utterances: JSON lines `{"id","text"}` on stdin, one
+    /// result line per input on stdout.
+    Classify(AssistantArgs),
+    /// Chat with the assistant in the terminal (the engine that runs on calls).
+    Chat(AssistantArgs),
+    /// Score the answer engine on a labelled JSON-lines file: escalation
+    /// recall, false escalation rate, intent accuracy, and the misses.
+    Eval {
+        /// Labelled utterances (`{"id","text","intent","escalate"}` per line).
+        file: PathBuf,
+        #[command(flatten)]
+        assistant: AssistantArgs,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// SIP listen address for UDP and TCP (overrides `sip.listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    sip: Option<SocketAddr>,
+    /// RTP port range (overrides `media.rtp_ports`), e.g. 20000-20999.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range_arg)]
+    rtp_ports: Option<String>,
+    /// HTTP listen address for health, metrics and the dashboard (overrides `http.listen`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<SocketAddr>,
+    /// Data directory for the call database and recordings (overrides `data.dir`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Dialplan directory (overrides `dialplans.dir`).
+    #[arg(long, value_name = "DIR")]
+    dialplans: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DialplanCommand {
+    /// Check dialplan files without starting the engine; prints file:line and
+    /// the reason for the first problem, or "ok".
+    Check {
+        /// Directory to check (default: `dialplans.dir` from the configuration).
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct AssistantArgs {
+    /// Knowledge base directory (overrides `assistant.knowledge_dir`).
+    #[arg(long, value_name = "DIR")]
+    knowledge: Option<PathBuf>,
+    /// Safeguarding and escalation rules (overrides `assistant.governance_file`).
+    #[arg(long, value_name = "FILE")]
+    governance: Option<PathBuf>,
+}
+
+fn parse_port_range_arg(s: &str) -> Result<String, String> {
+    parse_port_range(s).map(|_| s.to_string())
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("config.toml"), false),
+    };
+    Ok(Config::load(&path, required)?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("frontdoor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve(args) => {
+            if let Some(sip) = args.sip {
+                config.sip.listen = sip;
+            }
+            if let Some(r) = args.rtp_ports {
+                config.media.rtp_ports = r;
+            }
+            if let Some(h) = args.http {
+                config.http.listen = h;
+            }
+            if let Some(d) = args.data {
+                config.data.dir = d;
+            }
+            if let Some(d) = args.dialplans {
+                config.dialplans.dir = d;
+            }
+            frontdoor::telemetry::init(
+                &config.logging.level,
+                cli.log_json || config.logging.format == "json",
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("frontdoor")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(frontdoor::engine::run(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dialplan(DialplanCommand::Check { dir }) => {
+            let dir = dir.unwrap_or(config.dialplans.dir);
+            match frontdoor::engine::load_dialplan(&dir) {
+                Ok(plan) => {
+                    println!("ok: {} route(s) in {}", plan.routes.len(), dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Classify(a) => {
+            let engine = load_answer_engine(&config, &a)?;
+            frontdoor::answer::cli::classify_stdin(&engine)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chat(a) => {
+            let engine = load_answer_engine(&config, &a)?;
+            frontdoor::answer::cli::chat(&engine)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { file, assistant } => {
+            let engine = load_answer_engine(&config, &assistant)?;
+            frontdoor::answer::cli::eval(&engine, &file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_answer_engine(
+    config: &Config,
+    a: &AssistantArgs,
+) -> anyhow::Result<frontdoor::answer::AnswerEngine> {
+    let knowledge = a
+        .knowledge
+        .clone()
+        .unwrap_or_else(|| config.assistant.knowledge_dir.clone());
+    let governance = a
+        .governance
+        .clone()
+        .unwrap_or_else(|| config.assistant.governance_file.clone());
+    Ok(frontdoor::answer::AnswerEngine::load(
+        &knowledge,
+        &governance,
+    )?)
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

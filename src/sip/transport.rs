@@ -1,0 +1,796 @@
+//! The async shell around the sans-IO [`UserAgent`]: UDP and TCP sockets,
+//! timers and the command/event channels.
+//!
+//! One task owns the core, so there are no locks: sockets and connection
+//! tasks feed it through bounded channels, and it sleeps until the core's
+//! `poll_timeout`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::Instrument;
+
+use super::parse::{Frame, MAX_MESSAGE_BYTES, StreamFramer};
+use super::peer::{ConnectionId, Peer, Transmit, Transport};
+use super::ua::{UaConfig, UserAgent};
+use super::{CallKey, SipConfig, SipError, SipEvent};
+
+/// Most TCP connections at once; further accepts wait for a free slot.
+pub const MAX_TCP_CONNECTIONS: usize = 1024;
+/// A TCP connection silent for this long is closed.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long shutdown waits for our BYEs to be answered.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+const COMMAND_QUEUE: usize = 4096;
+const EVENT_QUEUE: usize = 1024;
+const INPUT_QUEUE: usize = 1024;
+const CONNECTION_WRITE_QUEUE: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) enum Command {
+    Ringing(CallKey),
+    Answer(CallKey, String),
+    Reject(CallKey, u16, Option<String>, Vec<(String, String)>),
+    Hangup(CallKey),
+    AnswerReoffer(CallKey, String),
+    RejectReoffer(CallKey, u16),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum ShellInput {
+    StreamMessage {
+        connection: ConnectionId,
+        addr: SocketAddr,
+        data: Bytes,
+    },
+    ConnectionClosed(ConnectionId),
+    Accepted {
+        connection: ConnectionId,
+        addr: SocketAddr,
+        writer: mpsc::Sender<Bytes>,
+    },
+}
+
+/// Cheap-to-clone handle; every command goes to the core task.
+#[derive(Clone)]
+pub struct SipHandle {
+    commands: mpsc::Sender<Command>,
+    udp_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+}
+
+impl SipHandle {
+    pub fn local_udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    fn send(&self, command: Command) {
+        if let Err(error) = self.commands.try_send(command) {
+            // Full means the core is far behind; closed means it stopped.
+            tracing::error!(%error, "SIP command dropped");
+        }
+    }
+
+    /// 180 Ringing.
+    pub fn ringing(&self, call: CallKey) {
+        self.send(Command::Ringing(call));
+    }
+
+    /// 200 OK with the SDP answer; retransmitted until ACKed.
+    pub fn answer(&self, call: CallKey, sdp: String) {
+        self.send(Command::Answer(call, sdp));
+    }
+
+    /// Final failure response (e.g. 503 with Retry-After, 488, 404).
+    pub fn reject(
+        &self,
+        call: CallKey,
+        status: u16,
+        reason: Option<String>,
+        extra_headers: Vec<(String, String)>,
+    ) {
+        self.send(Command::Reject(call, status, reason, extra_headers));
+    }
+
+    /// BYE for an answered call; 480 for one not yet answered.
+    pub fn hangup(&self, call: CallKey) {
+        self.send(Command::Hangup(call));
+    }
+
+    pub fn answer_reoffer(&self, call: CallKey, sdp: String) {
+        self.send(Command::AnswerReoffer(call, sdp));
+    }
+
+    pub fn reject_reoffer(&self, call: CallKey, status: u16) {
+        self.send(Command::RejectReoffer(call, status));
+    }
+
+    /// Stops the listeners once pending BYE transactions finish, or after
+    /// [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+}
+
+/// Binds the configured sockets and spawns the shell.
+pub async fn start(cfg: SipConfig) -> Result<(SipHandle, mpsc::Receiver<SipEvent>), SipError> {
+    if cfg.udp.is_none() && cfg.tcp.is_none() {
+        return Err(SipError::NoListener);
+    }
+    let udp = match cfg.udp {
+        Some(addr) => Some(Arc::new(
+            UdpSocket::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind { addr, source })?,
+        )),
+        None => None,
+    };
+    let tcp = match cfg.tcp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| SipError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let udp_addr = udp
+        .as_ref()
+        .map(|s| s.local_addr())
+        .transpose()
+        .map_err(SipError::Io)?;
+    let tcp_addr = tcp
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(SipError::Io)?;
+    let bound_ip = udp_addr.or(tcp_addr).map(|a| a.ip());
+    let advertised_host = match (&cfg.advertised_host, bound_ip) {
+        (Some(host), _) => host.clone(),
+        (None, Some(ip)) if !ip.is_unspecified() => ip_for_uri(ip),
+        _ => ip_for_uri(outbound_interface_ip().await),
+    };
+    let ua = UserAgent::new(UaConfig {
+        user_agent: cfg.user_agent.clone(),
+        timers: cfg.timers,
+        advertised_host,
+        udp_port: udp_addr.map(|a| a.port()),
+        tcp_port: tcp_addr.map(|a| a.port()),
+        ..UaConfig::default()
+    });
+
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::watch::channel(false);
+    let connection_ids = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    if let Some(listener) = tcp {
+        tokio::spawn(
+            accept_loop(
+                listener,
+                input_tx.clone(),
+                stop_accepting_rx,
+                connection_ids.clone(),
+            )
+            .instrument(tracing::info_span!("sip_tcp_accept")),
+        );
+    }
+    let shell = Shell {
+        ua,
+        udp,
+        connections: HashMap::new(),
+        connections_by_addr: HashMap::new(),
+        input_tx,
+        connection_ids,
+        events: event_tx,
+    };
+    tokio::spawn(
+        shell
+            .run(command_rx, input_rx, stop_accepting_tx)
+            .instrument(tracing::info_span!("sip")),
+    );
+    tracing::info!(?udp_addr, ?tcp_addr, "SIP listening");
+    Ok((
+        SipHandle {
+            commands: command_tx,
+            udp_addr,
+            tcp_addr,
+        },
+        event_rx,
+    ))
+}
+
+fn ip_for_uri(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// The address of the interface the default route uses; connecting a UDP
+/// socket sends nothing.
+async fn outbound_interface_ip() -> IpAddr {
+    let probe = async {
+        let socket = UdpSocket::bind("0.0.0.0:0").await?;
+        socket.connect("192.0.2.1:9").await?;
+        socket.local_addr()
+    };
+    match probe.await {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+struct Shell {
+    ua: UserAgent,
+    udp: Option<Arc<UdpSocket>>,
+    connections: HashMap<ConnectionId, mpsc::Sender<Bytes>>,
+    connections_by_addr: HashMap<SocketAddr, ConnectionId>,
+    input_tx: mpsc::Sender<ShellInput>,
+    connection_ids: Arc<std::sync::atomic::AtomicU64>,
+    events: mpsc::Sender<SipEvent>,
+}
+
+async fn recv_udp(
+    socket: Option<&UdpSocket>,
+    buffer: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Shell {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inputs: mpsc::Receiver<ShellInput>,
+        stop_accepting: tokio::sync::watch::Sender<bool>,
+    ) {
+        let mut buffer = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        let mut shutting_down: Option<(Instant, Vec<oneshot::Sender<()>>)> = None;
+        let udp = self.udp.clone();
+        loop {
+            if !self.flush().await {
+                break;
+            }
+            if let Some((deadline, _)) = &shutting_down
+                && (self.ua.pending_hangups() == 0 || Instant::now() >= *deadline)
+            {
+                break;
+            }
+            let wake = match (self.ua.poll_timeout(), &shutting_down) {
+                (Some(a), Some((b, _))) => Some(a.min(*b)),
+                (a, Some((b, _))) => Some(a.unwrap_or(*b)),
+                (a, None) => a,
+            };
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = recv_udp(udp.as_deref(), &mut buffer) => match received {
+                    Ok((len, source)) => {
+                        // A datagram that filled the buffer was truncated: too big.
+                        if len <= MAX_MESSAGE_BYTES {
+                            self.ua.handle_datagram(Instant::now(), &buffer[..len], Peer::udp(source));
+                        }
+                    }
+                    // ICMP port unreachable from an earlier send shows up here.
+                    Err(error) => tracing::debug!(%error, "UDP receive error"),
+                },
+                Some(input) = inputs.recv() => self.on_input(input),
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = stop_accepting.send(true);
+                        match &mut shutting_down {
+                            Some((_, waiters)) => waiters.push(done),
+                            None => shutting_down = Some((Instant::now() + SHUTDOWN_GRACE, vec![done])),
+                        }
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every handle dropped: nobody can answer calls any more.
+                    None => break,
+                },
+                () = sleep => self.ua.handle_timeout(Instant::now()),
+            }
+        }
+        let _ = stop_accepting.send(true);
+        // Dropping the writers closes every connection task.
+        self.connections.clear();
+        if let Some((_, waiters)) = shutting_down {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+        }
+        tracing::info!("SIP stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        let call = match &command {
+            Command::Ringing(c)
+            | Command::Answer(c, _)
+            | Command::Reject(c, ..)
+            | Command::Hangup(c)
+            | Command::AnswerReoffer(c, _)
+            | Command::RejectReoffer(c, _) => *c,
+            Command::Shutdown(_) => return,
+        };
+        let span = tracing::debug_span!(
+            "sip_call",
+            call_id = self.ua.call_id(call).unwrap_or_default()
+        );
+        let _entered = span.enter();
+        match command {
+            Command::Ringing(call) => self.ua.ringing(now, call),
+            Command::Answer(call, sdp) => self.ua.answer(now, call, sdp),
+            Command::Reject(call, status, reason, headers) => {
+                self.ua.reject(now, call, status, reason, headers)
+            }
+            Command::Hangup(call) => self.ua.hangup(now, call),
+            Command::AnswerReoffer(call, sdp) => self.ua.answer_reoffer(now, call, sdp),
+            Command::RejectReoffer(call, status) => self.ua.reject_reoffer(now, call, status),
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn on_input(&mut self, input: ShellInput) {
+        match input {
+            ShellInput::StreamMessage {
+                connection,
+                addr,
+                data,
+            } => {
+                self.ua
+                    .handle_datagram(Instant::now(), &data, Peer::tcp(addr, connection));
+            }
+            ShellInput::Accepted {
+                connection,
+                addr,
+                writer,
+            } => {
+                self.connections.insert(connection, writer);
+                self.connections_by_addr.insert(addr, connection);
+            }
+            ShellInput::ConnectionClosed(connection) => {
+                self.connections.remove(&connection);
+                self.connections_by_addr.retain(|_, id| *id != connection);
+            }
+        }
+    }
+
+    /// Sends every pending transmit and delivers every event. Returns false
+    /// once the application dropped the event receiver.
+    async fn flush(&mut self) -> bool {
+        while let Some(transmit) = self.ua.poll_transmit() {
+            self.transmit(transmit).await;
+        }
+        while let Some(event) = self.ua.poll_outbound_event() {
+            tracing::debug!(?event, "outbound call event (no API consumer yet)");
+        }
+        while let Some(event) = self.ua.poll_event() {
+            // Backpressure: a slow application slows SIP rather than losing calls.
+            if self.events.send(event).await.is_err() {
+                tracing::warn!("SIP event receiver dropped; stopping");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn transmit(&mut self, transmit: Transmit) {
+        let Transmit { peer, payload } = transmit;
+        match peer.transport {
+            Transport::Udp => match &self.udp {
+                Some(socket) => {
+                    if let Err(error) = socket.send_to(&payload, peer.addr).await {
+                        tracing::debug!(%error, to = %peer.addr, "UDP send failed");
+                    }
+                }
+                None => tracing::warn!(to = %peer.addr, "no UDP socket for a UDP destination"),
+            },
+            Transport::Tcp => {
+                let connection = peer
+                    .connection
+                    .filter(|c| self.connections.contains_key(c))
+                    .or_else(|| self.connections_by_addr.get(&peer.addr).copied());
+                let writer = match connection.and_then(|c| self.connections.get(&c)) {
+                    Some(writer) => writer.clone(),
+                    None => self.connect(peer.addr),
+                };
+                if writer.try_send(payload).is_err() {
+                    tracing::warn!(to = %peer.addr, "TCP connection queue full or closed; message dropped");
+                }
+            }
+        }
+    }
+
+    /// Opens an outbound connection; messages queue until it is up.
+    fn connect(&mut self, addr: SocketAddr) -> mpsc::Sender<Bytes> {
+        let id = ConnectionId(
+            self.connection_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        );
+        let (writer_tx, writer_rx) = mpsc::channel(CONNECTION_WRITE_QUEUE);
+        self.connections.insert(id, writer_tx.clone());
+        self.connections_by_addr.insert(addr, id);
+        let inputs = self.input_tx.clone();
+        tokio::spawn(
+            async move {
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, id, addr, writer_rx, inputs).await,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "TCP connect failed");
+                        let _ = inputs.send(ShellInput::ConnectionClosed(id)).await;
+                    }
+                    Err(_) => {
+                        tracing::warn!("TCP connect timed out");
+                        let _ = inputs.send(ShellInput::ConnectionClosed(id)).await;
+                    }
+                }
+            }
+            .instrument(tracing::debug_span!("sip_tcp_out", peer = %addr)),
+        );
+        writer_tx
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    inputs: mpsc::Sender<ShellInput>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    connection_ids: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(error) => {
+                // EMFILE and friends pass; do not spin or die.
+                tracing::warn!(%error, ?backoff, "TCP accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let id = ConnectionId(connection_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (writer_tx, writer_rx) = mpsc::channel(CONNECTION_WRITE_QUEUE);
+        let registered = inputs
+            .send(ShellInput::Accepted {
+                connection: id,
+                addr,
+                writer: writer_tx,
+            })
+            .await;
+        if registered.is_err() {
+            return;
+        }
+        let inputs = inputs.clone();
+        tokio::spawn(
+            async move {
+                serve_connection(stream, id, addr, writer_rx, inputs).await;
+                drop(permit);
+            }
+            .instrument(tracing::debug_span!("sip_tcp", peer = %addr)),
+        );
+    }
+}
+
+/// Reads framed messages into the core and writes what the core sends,
+/// until either side closes, the peer misbehaves or it idles out.
+async fn serve_connection(
+    stream: TcpStream,
+    id: ConnectionId,
+    addr: SocketAddr,
+    mut writer_rx: mpsc::Receiver<Bytes>,
+    inputs: mpsc::Sender<ShellInput>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut framer = StreamFramer::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            read = tokio::time::timeout(TCP_IDLE_TIMEOUT, reader.read(&mut buffer)) => {
+                let len = match read {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(len)) => len,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TCP read failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TCP connection idle; closing");
+                        break;
+                    }
+                };
+                if let Err(error) = framer.push(&buffer[..len]) {
+                    tracing::warn!(%error, "closing TCP connection");
+                    break;
+                }
+                let mut failed = false;
+                loop {
+                    match framer.next_frame() {
+                        Ok(Some(Frame::Message(data))) => {
+                            if inputs.send(ShellInput::StreamMessage { connection: id, addr, data }).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        Ok(Some(Frame::KeepAlivePing)) => {
+                            if writer.write_all(b"\r\n").await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            // Framing is lost: nothing after this can be trusted.
+                            tracing::warn!(%error, "closing TCP connection");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
+            outgoing = writer_rx.recv() => match outgoing {
+                Some(payload) => {
+                    if let Err(error) = writer.write_all(&payload).await {
+                        tracing::debug!(%error, "TCP write failed");
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = inputs.send(ShellInput::ConnectionClosed(id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Request, Response, SipMessage};
+    use crate::sip::parse::parse_message;
+    use crate::sip::{TimerConfig, Transport};
+
+    fn config() -> SipConfig {
+        SipConfig {
+            udp: Some("127.0.0.1:0".parse().unwrap()),
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            advertised_host: None,
+            user_agent: "Frontdoor-test".to_owned(),
+            timers: TimerConfig::default(),
+        }
+    }
+
+    async fn recv_message(socket: &UdpSocket) -> SipMessage {
+        let mut buffer = vec![0u8; 65536];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+            .await
+            .expect("timed out waiting for SIP message")
+            .unwrap();
+        parse_message(&buffer[..len]).unwrap()
+    }
+
+    async fn recv_response(socket: &UdpSocket) -> Response {
+        match recv_message(socket).await {
+            SipMessage::Response(r) => r,
+            SipMessage::Request(r) => panic!("expected response, got {}", r.method),
+        }
+    }
+
+    async fn next_event(events: &mut mpsc::Receiver<SipEvent>) -> SipEvent {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("timed out waiting for event")
+            .expect("event channel closed")
+    }
+
+    #[tokio::test]
+    async fn udp_invite_answer_ack_and_bye_round_trip() {
+        let (handle, mut events) = start(config()).await.unwrap();
+        let server = handle.local_udp_addr().unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let phone_addr = phone.local_addr().unwrap();
+        let invite = format!(
+            "INVITE sip:1000@{server} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {phone_addr};branch=z9hG4bKudp1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@{phone_addr}>;tag=ph1\r\n\
+To: <sip:1000@{server}>\r\n\
+Call-ID: udp-test-1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{phone_addr}>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 5\r\n\r\nv=0\r\n"
+        );
+        phone.send_to(invite.as_bytes(), server).await.unwrap();
+        assert_eq!(recv_response(&phone).await.status, 100);
+        let SipEvent::IncomingCall {
+            call,
+            invite: offer,
+        } = next_event(&mut events).await
+        else {
+            panic!("expected IncomingCall")
+        };
+        assert_eq!(offer.transport, Transport::Udp);
+        assert_eq!(offer.source, phone_addr);
+        assert_eq!(offer.request_uri_user.as_deref(), Some("1000"));
+        handle.ringing(call);
+        assert_eq!(recv_response(&phone).await.status, 180);
+        handle.answer(call, "v=0\r\nanswer\r\n".to_owned());
+        let ok = recv_response(&phone).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(&ok.body[..], b"v=0\r\nanswer\r\n");
+        let contact = ok.headers.contact().unwrap();
+        assert_eq!(contact.uri.socket_addr(5060), Some(server));
+        let to = ok.headers.get("To").unwrap().to_owned();
+        let ack = format!(
+            "ACK sip:frontdoor@{server} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {phone_addr};branch=z9hG4bKudp2;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@{phone_addr}>;tag=ph1\r\n\
+To: {to}\r\n\
+Call-ID: udp-test-1\r\n\
+CSeq: 1 ACK\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        phone.send_to(ack.as_bytes(), server).await.unwrap();
+        assert_eq!(next_event(&mut events).await, SipEvent::Acked { call });
+
+        // We hang up: the BYE arrives at the phone's Contact.
+        handle.hangup(call);
+        let SipMessage::Request(bye) = recv_message(&phone).await else {
+            panic!("expected BYE")
+        };
+        assert_eq!(bye.method, crate::sip::Method::Bye);
+        let ok = Response::for_request(&bye, 200, "OK", None);
+        phone.send_to(&ok.to_bytes(), server).await.unwrap();
+        assert_eq!(
+            next_event(&mut events).await,
+            SipEvent::HangupComplete {
+                call,
+                status: Some(200)
+            }
+        );
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn udp_remote_bye_and_malformed_request() {
+        let (handle, mut events) = start(config()).await.unwrap();
+        let server = handle.local_udp_addr().unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let phone_addr = phone.local_addr().unwrap();
+        let headers = format!(
+            "Via: SIP/2.0/UDP {phone_addr};branch=z9hG4bKbad1;rport\r\n\
+From: <sip:alice@{phone_addr}>;tag=ph2\r\n\
+To: <sip:1000@{server}>\r\n\
+Call-ID: bad-1\r\n\
+CSeq: 1 INVITE\r\n"
+        );
+        let bad =
+            format!("INVITE sip:1000@{server} SIP/2.0\r\n{headers}Content-Length: 500\r\n\r\nv=0");
+        phone.send_to(bad.as_bytes(), server).await.unwrap();
+        let resp = recv_response(&phone).await;
+        assert_eq!(resp.status, 400);
+        assert!(resp.reason.contains("Content-Length"));
+
+        let invite = format!("INVITE sip:1000@{server} SIP/2.0\r\n{headers}Contact: <sip:a@{phone_addr}>\r\nContent-Length: 0\r\n\r\n")
+            .replace("z9hG4bKbad1", "z9hG4bKgood");
+        phone.send_to(invite.as_bytes(), server).await.unwrap();
+        assert_eq!(recv_response(&phone).await.status, 100);
+        let SipEvent::IncomingCall { call, .. } = next_event(&mut events).await else {
+            panic!()
+        };
+        handle.answer(call, "v=0".to_owned());
+        let ok = recv_response(&phone).await;
+        let to = ok.headers.get("To").unwrap().to_owned();
+        let SipMessage::Request(mut ack) = parse_message(invite.as_bytes()).unwrap() else {
+            panic!()
+        };
+        ack.method = crate::sip::Method::Ack;
+        ack.headers.set("To", to.clone());
+        ack.headers.set("CSeq", "1 ACK");
+        ack.headers
+            .set("Via", format!("SIP/2.0/UDP {phone_addr};branch=z9hG4bKack"));
+        phone.send_to(&ack.to_bytes(), server).await.unwrap();
+        assert_eq!(next_event(&mut events).await, SipEvent::Acked { call });
+        let mut bye: Request = ack.clone();
+        bye.method = crate::sip::Method::Bye;
+        bye.headers.set("CSeq", "2 BYE");
+        bye.headers
+            .set("Via", format!("SIP/2.0/UDP {phone_addr};branch=z9hG4bKbye"));
+        phone.send_to(&bye.to_bytes(), server).await.unwrap();
+        assert_eq!(recv_response(&phone).await.status, 200);
+        assert_eq!(
+            next_event(&mut events).await,
+            SipEvent::RemoteHangup { call }
+        );
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn tcp_options_answered_on_same_connection() {
+        let (handle, _events) = start(config()).await.unwrap();
+        let server = handle.local_tcp_addr().unwrap();
+        let mut stream = TcpStream::connect(server).await.unwrap();
+        let local = stream.local_addr().unwrap();
+        let options = format!(
+            "\r\n\r\nOPTIONS sip:{server} SIP/2.0\r\n\
+Via: SIP/2.0/TCP {local};branch=z9hG4bKtcp1\r\n\
+From: <sip:probe@{local}>;tag=p\r\n\
+To: <sip:{server}>\r\n\
+Call-ID: tcp-1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        stream.write_all(options.as_bytes()).await.unwrap();
+        let mut framer = StreamFramer::new();
+        let mut buffer = [0u8; 4096];
+        let mut pong = false;
+        let response = loop {
+            let len = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(len > 0, "connection closed");
+            if buffer[..len].starts_with(b"\r\n") {
+                pong = true;
+            }
+            framer.push(&buffer[..len]).unwrap();
+            if let Some(Frame::Message(data)) = framer.next_frame().unwrap() {
+                break parse_message(&data).unwrap();
+            }
+        };
+        let SipMessage::Response(response) = response else {
+            panic!()
+        };
+        assert_eq!(response.status, 200);
+        assert!(pong, "double-CRLF ping answered with a CRLF pong");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn start_without_listeners_fails() {
+        let mut cfg = config();
+        cfg.udp = None;
+        cfg.tcp = None;
+        assert!(matches!(start(cfg).await, Err(SipError::NoListener)));
+    }
+}

@@ -1,0 +1,314 @@
+//! Durable call records.
+//!
+//! [`CallStore`] is the interface every backend implements: SQLite on disk is
+//! the embedded default ([`SqliteStore`]); a PostgreSQL backend shared by
+//! several engine nodes implements the same trait. Backends are synchronous;
+//! the engine talks to one through [`StoreHandle`], which owns a dedicated
+//! writer thread and a bounded queue, so disk I/O never blocks the async
+//! runtime and records are written in the order events happened.
+//!
+//! Each event is its own committed transaction: a crash of the engine loses
+//! nothing already written, and on the next start-up calls left open are
+//! closed as `interrupted`.
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::thread;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the call store has shut down")]
+    Closed,
+}
+
+/// Who ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupBy {
+    Caller,
+    Frontdoor,
+    System,
+}
+
+impl HangupBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupBy::Caller => "caller",
+            HangupBy::Frontdoor => "frontdoor",
+            HangupBy::System => "system",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub id: String,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub route: Option<String>,
+    pub source: String,
+    pub node: String,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MediaStats {
+    pub packets_rx: u64,
+    pub packets_tx: u64,
+    pub lost: i64,
+    pub jitter_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallEnd {
+    pub ended_at: DateTime<Utc>,
+    pub reason: String,
+    pub hangup_by: HangupBy,
+    /// The final response Frontdoor sent to the INVITE.
+    pub sip_status: Option<u16>,
+    pub stats: Option<MediaStats>,
+}
+
+/// A call as stored, for the CLI, the dashboard and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub id: String,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub route: Option<String>,
+    pub state: String,
+    pub started_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+    pub hangup_by: Option<String>,
+    pub sip_status: Option<i64>,
+    pub codec: Option<String>,
+    pub rtp_packets_rx: Option<i64>,
+    pub rtp_packets_tx: Option<i64>,
+    pub rtp_lost: Option<i64>,
+    pub rtp_jitter_ms: Option<f64>,
+    pub recording_path: Option<String>,
+}
+
+/// A storage backend. Implementations must make each call durable before
+/// returning (for SQLite: a committed WAL transaction).
+pub trait CallStore: Send + 'static {
+    fn call_started(&mut self, call: &NewCall) -> Result<(), StoreError>;
+    fn call_answered(
+        &mut self,
+        id: &str,
+        at: DateTime<Utc>,
+        codec: &str,
+        recording_path: Option<&str>,
+    ) -> Result<(), StoreError>;
+    fn call_event(
+        &mut self,
+        id: &str,
+        at: DateTime<Utc>,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    fn call_ended(&mut self, id: &str, end: &CallEnd) -> Result<(), StoreError>;
+    /// Closes calls this node left open (a crash) as `interrupted`; returns how many.
+    fn close_interrupted(&mut self, node: &str, at: DateTime<Utc>) -> Result<usize, StoreError>;
+    fn call(&mut self, id: &str) -> Result<Option<CallRecord>, StoreError>;
+    fn recent_calls(&mut self, limit: usize) -> Result<Vec<CallRecord>, StoreError>;
+}
+
+enum Command {
+    Started(NewCall),
+    Answered {
+        id: String,
+        at: DateTime<Utc>,
+        codec: String,
+        recording: Option<String>,
+    },
+    Event {
+        id: String,
+        at: DateTime<Utc>,
+        kind: &'static str,
+        detail: String,
+    },
+    Ended {
+        id: String,
+        end: CallEnd,
+    },
+    CloseInterrupted {
+        node: String,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Get {
+        id: String,
+        reply: oneshot::Sender<Result<Option<CallRecord>, StoreError>>,
+    },
+    Recent {
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<CallRecord>, StoreError>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Async front of a [`CallStore`]: cheap to clone, writes are queued in order.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+    _thread: Arc<WriterThread>,
+}
+
+struct WriterThread(Option<thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        // The channel closes when the last handle drops; the thread then drains
+        // what is queued and exits. Joining here makes that drain complete.
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Writes queued beyond this back-pressure the engine (a full disk should slow
+/// call set-up down, never drop records silently).
+const QUEUE_DEPTH: usize = 4096;
+
+impl StoreHandle {
+    pub fn spawn(mut store: impl CallStore) -> StoreHandle {
+        let (tx, mut rx) = mpsc::channel::<Command>(QUEUE_DEPTH);
+        let thread = thread::Builder::new()
+            .name("call-store".into())
+            .spawn(move || {
+                while let Some(cmd) = rx.blocking_recv() {
+                    let result = match cmd {
+                        Command::Started(call) => store.call_started(&call),
+                        Command::Answered {
+                            id,
+                            at,
+                            codec,
+                            recording,
+                        } => store.call_answered(&id, at, &codec, recording.as_deref()),
+                        Command::Event {
+                            id,
+                            at,
+                            kind,
+                            detail,
+                        } => store.call_event(&id, at, kind, &detail),
+                        Command::Ended { id, end } => store.call_ended(&id, &end),
+                        Command::CloseInterrupted { node, reply } => {
+                            let _ = reply.send(store.close_interrupted(&node, Utc::now()));
+                            Ok(())
+                        }
+                        Command::Get { id, reply } => {
+                            let _ = reply.send(store.call(&id));
+                            Ok(())
+                        }
+                        Command::Recent { limit, reply } => {
+                            let _ = reply.send(store.recent_calls(limit));
+                            Ok(())
+                        }
+                        Command::Flush(reply) => {
+                            let _ = reply.send(());
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "call record write failed");
+                    }
+                }
+            })
+            .expect("spawning the call-store thread");
+        StoreHandle {
+            tx,
+            _thread: Arc::new(WriterThread(Some(thread))),
+        }
+    }
+
+    async fn send(&self, cmd: Command) {
+        if self.tx.send(cmd).await.is_err() {
+            tracing::error!("call store is closed; a record was not written");
+        }
+    }
+
+    pub async fn call_started(&self, call: NewCall) {
+        self.send(Command::Started(call)).await
+    }
+
+    pub async fn call_answered(&self, id: &str, codec: &str, recording: Option<String>) {
+        self.send(Command::Answered {
+            id: id.to_string(),
+            at: Utc::now(),
+            codec: codec.to_string(),
+            recording,
+        })
+        .await
+    }
+
+    /// A timestamped event in the call's history (hold, resume, DTMF, ...).
+    pub async fn call_event(&self, id: &str, kind: &'static str, detail: impl Into<String>) {
+        self.send(Command::Event {
+            id: id.to_string(),
+            at: Utc::now(),
+            kind,
+            detail: detail.into(),
+        })
+        .await
+    }
+
+    pub async fn call_ended(&self, id: &str, end: CallEnd) {
+        self.send(Command::Ended {
+            id: id.to_string(),
+            end,
+        })
+        .await
+    }
+
+    pub async fn close_interrupted(&self, node: &str) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CloseInterrupted {
+            node: node.to_string(),
+            reply,
+        })
+        .await;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn call(&self, id: &str) -> Result<Option<CallRecord>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Get {
+            id: id.to_string(),
+            reply,
+        })
+        .await;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn recent_calls(&self, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Recent { limit, reply }).await;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything queued before this call is written.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Flush(reply)).await;
+        let _ = rx.await;
+    }
+}
