@@ -225,7 +225,7 @@ impl IntentClassifier {
                     format!(" {} ", super::normalize::normalise(to)),
                 )
             })
-            .filter(|(from, _)| from.trim().len() > 0)
+            .filter(|(from, _)| !from.trim().is_empty())
             .collect();
         let mut classifier = IntentClassifier {
             names: intents.iter().map(|i| i.name.clone()).collect(),
@@ -407,10 +407,11 @@ impl IntentClassifier {
                 continue;
             }
             let mut stemmed = stem(token);
-            if snap && !self.features.contains_key(&stemmed) {
-                if let Some(known) = self.nearest_known_word(&stemmed) {
-                    stemmed = known;
-                }
+            if snap
+                && !self.features.contains_key(&stemmed)
+                && let Some(known) = self.nearest_known_word(&stemmed)
+            {
+                stemmed = known;
             }
             out.push(stemmed);
         }
@@ -419,7 +420,7 @@ impl IntentClassifier {
 
     fn nearest_known_word(&self, word: &str) -> Option<String> {
         let length = word.chars().count();
-        if length < 5 || length > 24 || !word.chars().all(|c| c.is_ascii_alphabetic()) {
+        if !(5..=24).contains(&length) || !word.chars().all(|c| c.is_ascii_alphabetic()) {
             return None;
         }
         let allowed = if length >= 8 { 2 } else { 1 };

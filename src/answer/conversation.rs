@@ -708,10 +708,10 @@ impl Conversation {
         progress.values.insert(asked.name.clone(), value);
         progress.failed_prompts = 0;
         for slot in &flow.slots {
-            if !progress.values.contains_key(&slot.name) {
-                if let Some(extra) = slots::extract(slot.kind, normalised, false) {
-                    progress.values.insert(slot.name.clone(), extra);
-                }
+            if !progress.values.contains_key(&slot.name)
+                && let Some(extra) = slots::extract(slot.kind, normalised, false)
+            {
+                progress.values.insert(slot.name.clone(), extra);
             }
         }
         let (reply, flags) = self.next_step(engine, flow, progress);
@@ -860,11 +860,11 @@ fn corrections(flow: &Flow, progress: &mut FlowProgress, normalised: &str, free:
                 .or_else(|| slots::extract(slot.kind, normalised, false)),
             _ => slots::extract(slot.kind, normalised, false),
         };
-        if let Some(value) = updated {
-            if value != current {
-                progress.values.insert(slot.name.clone(), value);
-                changed = true;
-            }
+        if let Some(value) = updated
+            && value != current
+        {
+            progress.values.insert(slot.name.clone(), value);
+            changed = true;
         }
     }
     if !changed && free {
@@ -879,11 +879,11 @@ fn corrections(flow: &Flow, progress: &mut FlowProgress, normalised: &str, free:
                 )
             })
             .collect();
-        if let [only] = free_slots.as_slice() {
-            if let Some(value) = slots::extract(only.kind, normalised, true) {
-                progress.values.insert(only.name.clone(), value);
-                changed = true;
-            }
+        if let [only] = free_slots.as_slice()
+            && let Some(value) = slots::extract(only.kind, normalised, true)
+        {
+            progress.values.insert(only.name.clone(), value);
+            changed = true;
         }
     }
     changed

@@ -107,6 +107,11 @@ impl AnswerEngine {
         {
             intent = "human_request".into();
         }
+        if escalate.is_risk() && scores.confidence < clarify_below {
+            // No clear service behind a call about a person at risk: it is a
+            // general contact, not a guess at some unrelated service.
+            intent = "general_contact".into();
+        }
         if escalate.is_escalation() {
             confidence = confidence.max(RULE_CONFIDENCE);
             reason = format!("{reason}; intent {intent}: {}", scores.reason);

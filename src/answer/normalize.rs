@@ -75,15 +75,15 @@ pub fn words_to_digits(normalised: &str) -> String {
     let mut i = 0;
     while i < words.len() {
         let word = words[i];
-        if word == "double" || word == "treble" || word == "triple" {
-            if let Some(d) = words.get(i + 1).and_then(|w| unit_value(w)) {
-                let times = if word == "double" { 2 } else { 3 };
-                for _ in 0..times {
-                    out.push(d.to_string());
-                }
-                i += 2;
-                continue;
+        if (word == "double" || word == "treble" || word == "triple")
+            && let Some(d) = words.get(i + 1).and_then(|w| unit_value(w))
+        {
+            let times = if word == "double" { 2 } else { 3 };
+            for _ in 0..times {
+                out.push(d.to_string());
             }
+            i += 2;
+            continue;
         }
         if let Some(tens) = tens_value(word) {
             // "twenty one" is 21, "twenty" alone is 20.

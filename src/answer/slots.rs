@@ -14,27 +14,26 @@ static HOUSE_AND_STREET: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
         r"\b(?P<flat>(?:flat|apartment)\s+\d{{1,4}}[a-z]?\s+)?(?:number\s+|no\s+)?(?P<house>\d{{1,4}}[a-z]?)\s+(?:on\s+|in\s+|at\s+|of\s+)?(?P<street>(?:[a-z]+\s+){{1,3}}?(?:{STREET_SUFFIXES}))\b"
     ))
-    .unwrap_or_else(|e| unreachable_regex(e))
+    .unwrap_or_else(unreachable_regex)
 });
 
 static STREET_ONLY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(r"\b(?:[a-z]+\s+){{1,2}}?(?:{STREET_SUFFIXES})\b"))
-        .unwrap_or_else(|e| unreachable_regex(e))
+        .unwrap_or_else(unreachable_regex)
 });
 
 static POSTCODE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b([a-z]{1,2}\d{1,2}[a-z]?)\s*(\d[a-z]{2})\b")
-        .unwrap_or_else(|e| unreachable_regex(e))
+    Regex::new(r"\b([a-z]{1,2}\d{1,2}[a-z]?)\s*(\d[a-z]{2})\b").unwrap_or_else(unreachable_regex)
 });
 
 static CORRECTION_NUMBER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\b(?:number\s+|no\s+)?(\d{1,4}[a-z]?)\s+not\s+(?:number\s+)?(\d{1,4}[a-z]?)\b")
-        .unwrap_or_else(|e| unreachable_regex(e))
+        .unwrap_or_else(unreachable_regex)
 });
 
 static CORRECTION_NUMBER_REVERSED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\bnot\s+(?:number\s+)?(\d{1,4}[a-z]?)\s+(?:its\s+|it\s+is\s+|but\s+)?(?:number\s+)?(\d{1,4}[a-z]?)\b")
-        .unwrap_or_else(|e| unreachable_regex(e))
+        .unwrap_or_else(unreachable_regex)
 });
 
 /// The patterns above are constants checked by the unit tests; a failure here
