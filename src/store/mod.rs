@@ -108,6 +108,43 @@ pub struct CallRecord {
     pub recording_path: Option<String>,
 }
 
+/// One exchange in a conversation: what was heard and what the AI decided.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnRecord {
+    pub call_id: String,
+    pub at: DateTime<Utc>,
+    /// `caller`, `assistant` or `agent`.
+    pub speaker: String,
+    pub text: String,
+    pub intent: Option<String>,
+    pub confidence: Option<f32>,
+    pub escalation: Option<String>,
+    /// The rule or score behind the decision, for the audit trail.
+    pub reason: Option<String>,
+}
+
+/// A request the assistant completed on its own (a "deflected" call).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub call_id: String,
+    pub at: DateTime<Utc>,
+    pub reference: String,
+    pub kind: String,
+    /// Collected details (address, bin type, ...), as JSON.
+    pub details_json: String,
+}
+
+/// An append-only audit entry: a decision the AI made or an action a person took.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// `ai`, `system`, or the user name of a person.
+    pub actor: String,
+    pub action: String,
+    pub call_id: Option<String>,
+    pub detail: String,
+}
+
 /// A storage backend. Implementations must make each call durable before
 /// returning (for SQLite: a committed WAL transaction).
 pub trait CallStore: Send + 'static {
@@ -129,6 +166,11 @@ pub trait CallStore: Send + 'static {
     fn call_ended(&mut self, id: &str, end: &CallEnd) -> Result<(), StoreError>;
     /// Closes calls this node left open (a crash) as `interrupted`; returns how many.
     fn close_interrupted(&mut self, node: &str, at: DateTime<Utc>) -> Result<usize, StoreError>;
+    fn turn(&mut self, turn: &TurnRecord) -> Result<(), StoreError>;
+    fn request(&mut self, request: &RequestRecord) -> Result<(), StoreError>;
+    fn audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
+    fn turns(&mut self, call_id: &str) -> Result<Vec<TurnRecord>, StoreError>;
+    fn audit_for_call(&mut self, call_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
     fn call(&mut self, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn recent_calls(&mut self, limit: usize) -> Result<Vec<CallRecord>, StoreError>;
 }
@@ -151,6 +193,9 @@ enum Command {
         id: String,
         end: CallEnd,
     },
+    Turn(TurnRecord),
+    Request(RequestRecord),
+    Audit(AuditEntry),
     CloseInterrupted {
         node: String,
         reply: oneshot::Sender<Result<usize, StoreError>>,
@@ -211,6 +256,9 @@ impl StoreHandle {
                             detail,
                         } => store.call_event(&id, at, kind, &detail),
                         Command::Ended { id, end } => store.call_ended(&id, &end),
+                        Command::Turn(t) => store.turn(&t),
+                        Command::Request(r) => store.request(&r),
+                        Command::Audit(a) => store.audit(&a),
                         Command::CloseInterrupted { node, reply } => {
                             let _ = reply.send(store.close_interrupted(&node, Utc::now()));
                             Ok(())
@@ -277,6 +325,18 @@ impl StoreHandle {
             end,
         })
         .await
+    }
+
+    pub async fn turn(&self, turn: TurnRecord) {
+        self.send(Command::Turn(turn)).await
+    }
+
+    pub async fn request(&self, request: RequestRecord) {
+        self.send(Command::Request(request)).await
+    }
+
+    pub async fn audit(&self, entry: AuditEntry) {
+        self.send(Command::Audit(entry)).await
     }
 
     pub async fn close_interrupted(&self, node: &str) -> Result<usize, StoreError> {

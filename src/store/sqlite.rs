@@ -5,7 +5,9 @@ use std::path::Path;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{CallEnd, CallRecord, CallStore, NewCall, StoreError};
+use super::{
+    AuditEntry, CallEnd, CallRecord, CallStore, NewCall, RequestRecord, StoreError, TurnRecord,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS calls (
@@ -39,7 +41,47 @@ CREATE TABLE IF NOT EXISTS call_events (
     detail  TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS call_events_call ON call_events(call_id);
+CREATE TABLE IF NOT EXISTS turns (
+    call_id    TEXT NOT NULL,
+    at         TEXT NOT NULL,
+    speaker    TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    intent     TEXT,
+    confidence REAL,
+    escalation TEXT,
+    reason     TEXT
+);
+CREATE INDEX IF NOT EXISTS turns_call ON turns(call_id);
+CREATE TABLE IF NOT EXISTS requests (
+    call_id      TEXT NOT NULL,
+    at           TEXT NOT NULL,
+    reference    TEXT NOT NULL UNIQUE,
+    kind         TEXT NOT NULL,
+    details_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    call_id TEXT,
+    detail  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_call ON audit_log(call_id);
+-- The audit trail is append-only: the database itself refuses edits.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 "#;
+
+/// Timestamps are written by us in RFC 3339; an unreadable one (edited by
+/// hand) reads as the epoch rather than failing the whole query.
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
 
 pub struct SqliteStore {
     conn: Connection,
@@ -166,6 +208,76 @@ impl CallStore for SqliteStore {
         Ok(n)
     }
 
+    fn turn(&mut self, t: &TurnRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO turns (call_id, at, speaker, text, intent, confidence, escalation, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                t.call_id,
+                ts(t.at),
+                t.speaker,
+                t.text,
+                t.intent,
+                t.confidence,
+                t.escalation,
+                t.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn request(&mut self, r: &RequestRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO requests (call_id, at, reference, kind, details_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.call_id, ts(r.at), r.reference, r.kind, r.details_json],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&mut self, a: &AuditEntry) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit_log (at, actor, action, call_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ts(a.at), a.actor, a.action, a.call_id, a.detail],
+        )?;
+        Ok(())
+    }
+
+    fn turns(&mut self, call_id: &str) -> Result<Vec<TurnRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT call_id, at, speaker, text, intent, confidence, escalation, reason
+             FROM turns WHERE call_id = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([call_id], |row| {
+            Ok(TurnRecord {
+                call_id: row.get(0)?,
+                at: parse_ts(&row.get::<_, String>(1)?),
+                speaker: row.get(2)?,
+                text: row.get(3)?,
+                intent: row.get(4)?,
+                confidence: row.get(5)?,
+                escalation: row.get(6)?,
+                reason: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn audit_for_call(&mut self, call_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, actor, action, call_id, detail FROM audit_log WHERE call_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([call_id], |row| {
+            Ok(AuditEntry {
+                at: parse_ts(&row.get::<_, String>(0)?),
+                actor: row.get(1)?,
+                action: row.get(2)?,
+                call_id: row.get(3)?,
+                detail: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn call(&mut self, id: &str) -> Result<Option<CallRecord>, StoreError> {
         Ok(self
             .conn
@@ -244,6 +356,51 @@ mod tests {
         let b = s.call("b").unwrap().unwrap();
         assert_eq!(b.end_reason.as_deref(), Some("interrupted"));
         assert_eq!(s.recent_calls(10).unwrap().len(), 2);
+
+        s.turn(&TurnRecord {
+            call_id: "a".into(),
+            at: Utc::now(),
+            speaker: "caller".into(),
+            text: "my bin was missed".into(),
+            intent: Some("bin_missed".into()),
+            confidence: Some(0.9),
+            escalation: Some("none".into()),
+            reason: Some("classifier".into()),
+        })
+        .unwrap();
+        s.request(&RequestRecord {
+            call_id: "a".into(),
+            at: Utc::now(),
+            reference: "FD-ABC123".into(),
+            kind: "bin_missed".into(),
+            details_json: "{}".into(),
+        })
+        .unwrap();
+        let turns = s.turns("a").unwrap();
+        assert_eq!(turns.len(), 1);
+        assert_eq!(turns[0].intent.as_deref(), Some("bin_missed"));
+    }
+
+    #[test]
+    fn audit_log_is_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(dir.path()).unwrap();
+        s.audit(&AuditEntry {
+            at: Utc::now(),
+            actor: "ai".into(),
+            action: "escalate".into(),
+            call_id: Some("a".into()),
+            detail: "distress: rule distress.not_wanting_to_live".into(),
+        })
+        .unwrap();
+        assert_eq!(s.audit_for_call("a").unwrap().len(), 1);
+        assert!(
+            s.conn
+                .execute("UPDATE audit_log SET actor = 'x'", [])
+                .is_err()
+        );
+        assert!(s.conn.execute("DELETE FROM audit_log", []).is_err());
+        assert_eq!(s.audit_for_call("a").unwrap()[0].actor, "ai");
         assert!(s.call("zzz").unwrap().is_none());
     }
 
