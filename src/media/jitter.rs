@@ -307,6 +307,11 @@ impl JitterBuffer {
             .min()
     }
 
+    fn slot_holds(&self, extended: u64) -> bool {
+        let slot = &self.slots[(extended % SLOTS as u64) as usize];
+        slot.occupied && slot.extended_seq == extended
+    }
+
     fn take_slot(&mut self, extended: u64) -> Option<usize> {
         let index = (extended % SLOTS as u64) as usize;
         let slot = &mut self.slots[index];
@@ -350,7 +355,16 @@ impl JitterBuffer {
             self.state = State::Playing { next_seq };
             return Playout::Concealed;
         }
-        self.empty_ticks = 0;
+        // Ticks already spent concealing an underrun stand in for the frames that were
+        // missing then: if those frames never arrive (the sender paused, e.g. for DTMF), skip
+        // them now rather than concealing the same stretch of time twice.
+        let mut underrun_debt = std::mem::take(&mut self.empty_ticks);
+        while underrun_debt > 0 && !self.slot_holds(next_seq) {
+            self.stats.lost += 1;
+            self.last_played_seq = Some(next_seq);
+            next_seq += 1;
+            underrun_debt -= 1;
+        }
 
         // Shrink latency if we have been running deeper than needed for a while.
         let target_frames = (self.target_delay_ms() / FRAME_MS).max(1) as usize;
@@ -555,6 +569,26 @@ mod tests {
     }
 
     #[test]
+    fn gap_after_underrun_is_not_concealed_twice() {
+        let clock = FakeClock::new();
+        let mut buffer = JitterBuffer::new(config());
+        push(&mut buffer, 1, clock.at(0));
+        assert_eq!(pop(&mut buffer, clock.at(40)), Some(1));
+        // The sender spends sequence numbers 2..=5 on something else (RFC 4733 events):
+        // four ticks of underrun, concealed while they happen.
+        for tick in 1..=4 {
+            assert_eq!(pop(&mut buffer, clock.at(40 + tick * 20)), Some(b'C'));
+        }
+        push(&mut buffer, 6, clock.at(130));
+        assert_eq!(
+            pop(&mut buffer, clock.at(140)),
+            Some(6),
+            "no second concealment"
+        );
+        assert_eq!(buffer.stats().lost, 4);
+    }
+
+    #[test]
     fn sequence_wraps_around() {
         let clock = FakeClock::new();
         let mut buffer = JitterBuffer::new(config());
@@ -654,11 +688,9 @@ mod tests {
         for seq in 0..10u16 {
             push(&mut buffer, seq, clock.at(0));
         }
-        let mut next_seq = 10u16;
-        for tick in 0..200u64 {
-            let now = clock.at(40 + tick * 20);
-            push(&mut buffer, next_seq, now);
-            next_seq += 1;
+        for tick in 0..200u16 {
+            let now = clock.at(40 + tick as u64 * 20);
+            push(&mut buffer, 10 + tick, now);
             pop(&mut buffer, now);
         }
         assert!(buffer.stats().dropped_for_latency > 0);

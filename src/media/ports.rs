@@ -37,7 +37,7 @@ impl PortAllocator {
     pub fn new(low: u16, high: u16) -> Self {
         let first = low.saturating_add(low % 2);
         let pairs = if high > first {
-            ((high - first) as usize + 1) / 2
+            ((high - first) as usize).div_ceil(2)
         } else {
             0
         };

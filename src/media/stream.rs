@@ -64,6 +64,8 @@ impl Default for MediaConfig {
 }
 
 /// What a stream tells its call.
+// The frame is carried inline on purpose: boxing it would allocate 50 times a second per call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
     /// Caller audio, once per 20 ms tick while media flows (concealed frames included).
