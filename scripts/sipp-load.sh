@@ -8,7 +8,8 @@
 # Env: RATE (calls/s, default 500), CALLS (default 20000), LIMIT (max calls in
 # flight, default 2000), SERVICE (dialled number, default 3000), MAX_SECS
 # (hard time limit, default CALLS/RATE*3+60), ENGINE_CPUS (taskset list for
-# the engine it starts, e.g. 0 to pin it to one core).
+# the engine it starts, e.g. 0 to pin it to one core), FRONTDOOR_BIN (engine
+# binary to start instead of building target/release/frontdoor).
 # Prints attempted/successful/failed calls, the achieved rate and setup times;
 # exits non-zero if any call failed.
 set -euo pipefail
@@ -35,8 +36,8 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "$target" ]; then
-    bin="$root/target/release/frontdoor"
-    if [ ! -x "$bin" ] || [ -n "${REBUILD:-}" ]; then
+    bin="${FRONTDOOR_BIN:-$root/target/release/frontdoor}"
+    if [ -z "${FRONTDOOR_BIN:-}" ] && { [ ! -x "$bin" ] || [ -n "${REBUILD:-}" ]; }; then
         echo "sipp-load: building release engine"
         (cd "$root" && cargo build --release --bin frontdoor)
     fi
@@ -51,7 +52,7 @@ actions = [ { pause = { secs = 30 } } ]
 TOML
     pin=()
     [ -n "${ENGINE_CPUS:-}" ] && pin=(taskset -c "$ENGINE_CPUS")
-    RUST_LOG="${RUST_LOG:-warn}" "${pin[@]}" "$bin" serve --config "$work/config.toml" \
+    RUST_LOG="${RUST_LOG:-warn,frontdoor::engine=info,frontdoor::engine::call_task=warn}" "${pin[@]}" "$bin" serve --config "$work/config.toml" \
         --sip "127.0.0.1:$port" --rtp-ports 40000-59999 --http "127.0.0.1:$((port + 1))" \
         --data "$work/data" --dialplans "$work/dialplans" 2>"$work/engine.log" &
     engine_pid=$!

@@ -156,7 +156,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .thread_name("frontdoor")
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(frontdoor::engine::run(config, shutdown_signal()))?;
+            runtime.block_on(async {
+                let shutdown = shutdown_signal()?;
+                frontdoor::engine::run(config, shutdown).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dialplan(DialplanCommand::Check { dir }) => {
@@ -219,28 +222,26 @@ fn load_answer_engine(
     )?)
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers SIGTERM and SIGINT handlers now, so that a signal arriving
+/// while the engine starts is not lost (or fatal), and returns a future that
+/// resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the engine");
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

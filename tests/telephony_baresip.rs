@@ -180,7 +180,7 @@ impl Drop for Baresip {
 fn baresip_caller_speech_is_recorded_and_caller_hears_greeting() {
     if !require_binaries(
         "baresip_caller_speech_is_recorded_and_caller_hears_greeting",
-        &["baresip", "sox"],
+        &["baresip"],
     ) {
         return;
     }

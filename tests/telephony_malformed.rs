@@ -354,9 +354,9 @@ fn tcp_probe(engine: SocketAddr, case: &Case, serial: u32) -> Option<u16> {
     if stream.write_all(&payload).is_err() {
         return None;
     }
-    // Truncated messages on a stream just wait for more bytes: close our side
-    // of writing so the engine sees the end (it may answer or just close).
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // No half-close after writing: the engine treats EOF as the connection
+    // gone and (rightly) drops answers still queued for it. A truncated
+    // message on a stream just waits for more bytes: that reads as a drop.
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let deadline = Instant::now() + WAIT;
@@ -543,11 +543,15 @@ fn garbage_on_rtp_ports_does_not_disturb_a_live_call() {
     };
     // CSRC count 15 and extension bit set, but the packet ends right after the header.
     let lying_header = vec![0x9fu8, 0x00, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1];
+    // Found by fuzz/rtp_parse: a 9-byte RTCP transport feedback packet whose
+    // length field is shorter than its contents made the `rtcp` crate panic.
+    let rtcp_feedback_overrun = vec![0x81u8, 0xcd, 0x00, 0x01, 0xcc, 0x13, 0x2e, 0x62, 0x04];
     let (low, high) = engine.rtp_ports;
     for round in 0..3 {
         for port in low..=high {
             let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let payloads: [Vec<u8>; 7] = [
+            let payloads: [Vec<u8>; 8] = [
+                rtcp_feedback_overrun.clone(),
                 Vec::new(),
                 vec![0x80],
                 random(11),

@@ -287,9 +287,17 @@ pub fn parse_rtcp(datagram: &[u8], local_ssrc: u32) -> Result<RtcpSummary, RtcpE
     if datagram.len() < 4 || datagram[0] >> 6 != 2 || !(192..=207).contains(&datagram[1]) {
         return Err(RtcpError::Invalid("not an RTCP header".into()));
     }
-    let mut buffer = datagram;
-    let packets = ::rtcp::packet::unmarshal(&mut buffer)
-        .map_err(|error| RtcpError::Invalid(error.to_string()))?;
+    validate_compound(datagram)?;
+    // The crate has panicked on inputs that passed its own checks (a length
+    // field shorter than the packet). `validate_compound` rejects every such
+    // case we know of; catching an unwind is the backstop, so one hostile
+    // datagram can never end a call.
+    let packets = std::panic::catch_unwind(|| {
+        let mut buffer = datagram;
+        ::rtcp::packet::unmarshal(&mut buffer)
+    })
+    .map_err(|_| RtcpError::Invalid("RTCP parser rejected the packet".into()))?
+    .map_err(|error| RtcpError::Invalid(error.to_string()))?;
     let mut summary = RtcpSummary::default();
     for packet in &packets {
         let any = packet.as_any();
@@ -307,6 +315,48 @@ pub fn parse_rtcp(datagram: &[u8], local_ssrc: u32) -> Result<RtcpSummary, RtcpE
     Ok(summary)
 }
 
+/// Walks a compound RTCP datagram and checks that every packet's length
+/// field, padding and report count fit inside it exactly (RFC 3550 §6.4).
+fn validate_compound(datagram: &[u8]) -> Result<(), RtcpError> {
+    let invalid = |why: &str| Err(RtcpError::Invalid(why.into()));
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return invalid("truncated RTCP header");
+        }
+        if rest[0] >> 6 != 2 {
+            return invalid("RTCP version is not 2");
+        }
+        let count = usize::from(rest[0] & 0x1f);
+        let packet_type = rest[1];
+        let length = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        if length > rest.len() {
+            return invalid("RTCP length field runs past the datagram");
+        }
+        let packet = &rest[..length];
+        let padding = if rest[0] & 0x20 != 0 {
+            usize::from(packet[length - 1])
+        } else {
+            0
+        };
+        if padding == 0 && rest[0] & 0x20 != 0 || padding > length - 4 {
+            return invalid("bad RTCP padding");
+        }
+        let body = length - padding;
+        let needed = match packet_type {
+            200 => 28 + count * 24,
+            201 => 8 + count * 24,
+            203 => 4 + count * 4,
+            _ => 4,
+        };
+        if body < needed {
+            return invalid("RTCP packet shorter than its report count says");
+        }
+        rest = &rest[length..];
+    }
+    Ok(())
+}
+
 fn collect_reports(reports: &[ReceptionReport], local_ssrc: u32, summary: &mut RtcpSummary) {
     for report in reports.iter().filter(|report| report.ssrc == local_ssrc) {
         summary
@@ -320,6 +370,27 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn short_length_field_is_an_error_not_a_panic() {
+        // Found by the real-peer test: the rtcp crate panicked on this.
+        let packet = [0x81, 0xcd, 0x00, 0x01, 0xcc, 0x13, 0x2e, 0x62, 0x04];
+        assert!(parse_rtcp(&packet, 1).is_err());
+        // Every truncation and length-field variant of a valid RR.
+        let mut rr = vec![0x81, 201, 0x00, 0x07];
+        rr.extend_from_slice(&[0u8; 28]);
+        assert!(parse_rtcp(&rr, 1).is_ok());
+        for cut in 0..rr.len() {
+            let _ = parse_rtcp(&rr[..cut], 1);
+        }
+        for len in 0..=255u8 {
+            let mut bad = rr.clone();
+            bad[3] = len;
+            let _ = parse_rtcp(&bad, 1);
+            bad[0] = 0x9f;
+            let _ = parse_rtcp(&bad, 1);
+        }
+    }
 
     #[test]
     fn jitter_matches_hand_computed_example() {

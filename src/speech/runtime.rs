@@ -1,0 +1,158 @@
+//! ONNX Runtime, loaded at run time from the PyPI wheel's `.so` (ort's
+//! `load-dynamic`): one initialisation per process, after checking the file.
+//!
+//! Why the checks: with `load-dynamic`, ort 2.0.0-rc.12 hung forever on a
+//! missing or too-old library, and panics if any ort API is touched before a
+//! library is set. So every session in this crate is created after
+//! [`ensure_initialised`], and the library is opened and its version read here
+//! first, failing with an error that names the file.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+
+use super::{SpeechError, SpeechModelPaths};
+
+/// What was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnnxRuntimeInfo {
+    pub path: PathBuf,
+    pub version: String,
+}
+
+/// `None` until a library has been checked and handed to ort. Guarded by a
+/// mutex rather than a `OnceLock` so that a failed attempt (wrong path) can be
+/// retried with another path.
+static RUNTIME: Mutex<Option<OnnxRuntimeInfo>> = Mutex::new(None);
+
+/// Checks the library at `path` and makes it ONNX Runtime for this process.
+///
+/// Idempotent: a second call returns the runtime already loaded (ONNX
+/// Runtime cannot be swapped within a process), whatever its path.
+pub fn init_onnxruntime(path: &Path) -> Result<OnnxRuntimeInfo, SpeechError> {
+    let mut runtime = RUNTIME.lock();
+    if let Some(info) = runtime.as_ref() {
+        if info.path != path {
+            tracing::warn!(
+                loaded = %info.path.display(),
+                requested = %path.display(),
+                "ONNX Runtime is already loaded; keeping the first library"
+            );
+        }
+        return Ok(info.clone());
+    }
+    let version = check_library(path)?;
+    let library_error = |reason: String| SpeechError::OnnxRuntimeLibrary {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let builder = ort::init_from(path).map_err(|error| library_error(error.to_string()))?;
+    // A council's calls must not leave the building, telemetry included.
+    builder
+        .with_name("frontdoor")
+        .with_telemetry(false)
+        .commit();
+    let info = OnnxRuntimeInfo {
+        path: path.to_path_buf(),
+        version,
+    };
+    tracing::info!(path = %info.path.display(), version = %info.version, "ONNX Runtime loaded");
+    *runtime = Some(info.clone());
+    Ok(info)
+}
+
+/// The loaded runtime, loading it from `FRONTDOOR_ONNXRUNTIME_LIB` or the
+/// model cache on first use.
+pub fn ensure_initialised() -> Result<OnnxRuntimeInfo, SpeechError> {
+    if let Some(info) = RUNTIME.lock().as_ref() {
+        return Ok(info.clone());
+    }
+    let path = SpeechModelPaths::from_env_or_cache().onnxruntime_lib;
+    if !path.is_file() {
+        return Err(SpeechError::OnnxRuntimeNotFound {
+            tried: path.display().to_string(),
+        });
+    }
+    init_onnxruntime(&path)
+}
+
+/// The runtime loaded so far, if any.
+pub fn loaded() -> Option<OnnxRuntimeInfo> {
+    RUNTIME.lock().clone()
+}
+
+/// Opens the library and reads its version, without involving ort.
+fn check_library(path: &Path) -> Result<String, SpeechError> {
+    let error = |reason: String| SpeechError::OnnxRuntimeLibrary {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(error("file not found".into()));
+    }
+    // SAFETY: loading ONNX Runtime runs its static initialisers, which are
+    // benign; the same file is what ort itself will load.
+    let library = unsafe { libloading::Library::new(path) }
+        .map_err(|e| error(format!("cannot be loaded: {e}")))?;
+    // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime since 1.0.
+    let get_api_base = unsafe {
+        library.get::<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase>(b"OrtGetApiBase\0")
+    }
+    .map_err(|_| error("is not ONNX Runtime (no OrtGetApiBase symbol)".into()))?;
+    // SAFETY: the function takes no arguments and returns a static table.
+    let base = unsafe { get_api_base() };
+    if base.is_null() {
+        return Err(error("OrtGetApiBase returned null".into()));
+    }
+    // SAFETY: `base` is non-null and points at the library's static table;
+    // the version string is static and NUL-terminated.
+    let version = unsafe {
+        let version_ptr = ((*base).GetVersionString)();
+        if version_ptr.is_null() {
+            return Err(error("GetVersionString returned null".into()));
+        }
+        CStr::from_ptr(version_ptr).to_string_lossy().into_owned()
+    };
+    check_version(&version).map_err(error)?;
+    Ok(version)
+}
+
+/// ort's `api-NN` feature needs ONNX Runtime 1.NN or later.
+fn check_version(version: &str) -> Result<(), String> {
+    let mut parts = version.split('.');
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(1), Some(minor)) if minor >= ort::MINOR_VERSION => Ok(()),
+        (Some(major), Some(_)) if major > 1 => Ok(()),
+        (Some(_), Some(_)) => Err(format!(
+            "version {version} is too old; Frontdoor needs ONNX Runtime 1.{} or later",
+            ort::MINOR_VERSION
+        )),
+        _ => Err(format!("unrecognised version string `{version}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_older_than_the_api_level_are_refused() {
+        assert!(check_version("1.32.0").is_ok());
+        assert!(check_version(&format!("1.{}.0", ort::MINOR_VERSION)).is_ok());
+        assert!(check_version("1.17.3").unwrap_err().contains("too old"));
+        assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn a_missing_library_is_an_error_not_a_hang() {
+        let error = check_library(Path::new("/nonexistent/libonnxruntime.so.1.32.0"));
+        assert!(matches!(error, Err(SpeechError::OnnxRuntimeLibrary { .. })));
+        // A file that exists but is not a shared library.
+        let file = std::env::current_dir().unwrap().join("Cargo.toml");
+        let error = check_library(&file).unwrap_err().to_string();
+        assert!(error.contains("cannot be loaded"), "{error}");
+    }
+}
