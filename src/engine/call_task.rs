@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{Shared, media_ip_for};
-use crate::call::{ActionLog, ActionsOutcome, CallMedia, run_actions};
+use crate::call::assistant::CallLog;
+use crate::call::{ActionContext, ActionLog, ActionsOutcome, CallMedia, run_actions};
 use crate::dialplan::Route;
 use crate::media::{self, CallRecorder, Direction, MediaHandle, MediaStream, SdpError};
 use crate::sip::{CallKey, IncomingInvite};
@@ -209,7 +210,14 @@ async fn answer_and_run(
 
     let mut current = negotiated;
     let ending = {
-        let run = run_actions(&actions, &mut media, &mut log);
+        let ctx = ActionContext {
+            assistant: shared.assistant.as_ref(),
+            log: CallLog {
+                store: &shared.store,
+                call_id: id,
+            },
+        };
+        let run = run_actions(&actions, &mut media, &mut log, &ctx);
         tokio::pin!(run);
         let deadline = tokio::time::sleep(max_call);
         tokio::pin!(deadline);

@@ -6,6 +6,7 @@
 //! call reaches its task through a small bounded channel.
 
 mod call_task;
+mod services;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -59,6 +60,7 @@ struct Shared {
     dialplan: Dialplan,
     ports: PortAllocator,
     metrics: Arc<Metrics>,
+    assistant: Option<crate::call::assistant::AssistantServices>,
 }
 
 /// Runs the engine until `shutdown` fires, then drains calls within the
@@ -69,6 +71,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dialplan = load_dialplan(&config.dialplans.dir)?;
     info!(routes = dialplan.routes.len(), dir = %config.dialplans.dir.display(), "dialplans loaded");
+
+    let assistant = if dialplan.uses_assistant() {
+        let cfg = config.clone();
+        Some(
+            tokio::task::spawn_blocking(move || services::load_assistant(&cfg))
+                .await
+                .context("loading the assistant")??,
+        )
+    } else {
+        None
+    };
 
     let data_dir = config.data.dir.clone();
     let recordings_dir = data_dir.join("recordings");
@@ -155,6 +168,7 @@ pub async fn run(
         dialplan,
         ports,
         metrics: metrics.clone(),
+        assistant,
     });
 
     let mut calls: HashMap<CallKey, mpsc::Sender<CallSignal>> = HashMap::new();

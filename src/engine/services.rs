@@ -1,0 +1,95 @@
+//! Start-up of the assistant's shared services: the answer engine, the
+//! speech models and their worker pools. Loaded once, before the first call,
+//! and only when a dialplan route uses the assistant.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tracing::info;
+
+use crate::answer::AnswerEngine;
+use crate::asr::{AsrConfig, AsrModel, AsrPool, AsrPoolConfig};
+use crate::call::assistant::{
+    AssistantServices, GOODBYE_SILENT, HOLDING_PHRASE, NOT_HEARD, REPROMPT,
+};
+use crate::config::Config;
+use crate::speech::{PiperVoice, PromptCache, SileroVadModel, TtsPoolConfig, TtsWorkerPool};
+
+/// Blocking: loads models (seconds). Call from `spawn_blocking`.
+pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
+    let answer = AnswerEngine::load(
+        &config.assistant.knowledge_dir,
+        &config.assistant.governance_file,
+    )
+    .context("loading the answer engine")?;
+    let models = config.model_set();
+    let missing = models.missing_files();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "speech models missing: {}. Run `frontdoor models fetch` (or set paths in [models] of config.toml)",
+            list.join(", ")
+        );
+    }
+    crate::speech::init_onnxruntime(&models.onnxruntime_lib).context("loading ONNX Runtime")?;
+
+    let started = std::time::Instant::now();
+    let tts_workers = config.assistant.tts_workers;
+    let voice = Arc::new(
+        PiperVoice::load_with(
+            &models.piper_onnx,
+            &models.piper_config,
+            crate::speech::PiperVoiceOptions {
+                sessions: tts_workers,
+                ..Default::default()
+            },
+        )
+        .context("loading the Piper voice")?,
+    );
+    let prompts = PromptCache::new(voice.clone(), 64);
+    // Fixed phrases are synthesised now, so the greeting starts at once.
+    let greeting = answer.greeting();
+    prompts
+        .warm([
+            greeting.as_str(),
+            HOLDING_PHRASE,
+            REPROMPT,
+            GOODBYE_SILENT,
+            NOT_HEARD,
+        ])
+        .context("synthesising the fixed prompts")?;
+    let tts = TtsWorkerPool::start(
+        voice,
+        TtsPoolConfig {
+            workers: tts_workers,
+            ..Default::default()
+        },
+    )
+    .context("starting speech synthesis workers")?;
+
+    let vad = SileroVadModel::load(&models.silero_vad).context("loading Silero VAD")?;
+
+    let asr_model =
+        AsrModel::load(&models.whisper_ggml, AsrConfig::default()).context("loading Whisper")?;
+    let mut pool_config = AsrPoolConfig::default();
+    if let Some(n) = config.assistant.asr_workers {
+        pool_config.workers = n;
+    }
+    let asr =
+        AsrPool::start(&asr_model, pool_config).context("starting speech recognition workers")?;
+    info!(
+        whisper = %models.whisper_ggml.display(),
+        voice = %models.piper_onnx.display(),
+        asr_workers = asr.workers(),
+        tts_workers,
+        load_s = format!("{:.1}", started.elapsed().as_secs_f32()),
+        "assistant ready"
+    );
+    Ok(AssistantServices {
+        answer: Arc::new(answer),
+        asr: Arc::new(asr),
+        tts,
+        prompts,
+        vad,
+    })
+}
