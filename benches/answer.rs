@@ -51,6 +51,36 @@ fn classify(c: &mut Criterion) {
         samples.len()
     );
 
+    // The semantic layer's model run alone (texts differ call to call, so
+    // its one-utterance cache never hits).
+    if let Some(scorer) = engine.governance().semantic() {
+        let mut embed_ms: Vec<f64> = Vec::with_capacity(texts.len() * 5);
+        for _ in 0..5 {
+            for text in &texts {
+                let start = Instant::now();
+                let _ = black_box(scorer.embed(black_box(text)));
+                embed_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        embed_ms.sort_by(f64::total_cmp);
+        let p50 = embed_ms[embed_ms.len() / 2];
+        let p95 = embed_ms[(embed_ms.len() * 95 / 100).min(embed_ms.len() - 1)];
+        println!("semantic embedding alone p50 {p50:.3} ms, p95 {p95:.3} ms");
+    } else {
+        println!("semantic layer disabled: timings are rules and lexical classifier only");
+    }
+
+    c.bench_function("classify_alternating_utterances_with_embedding", |b| {
+        let pair = [
+            "my neighbour hasnt been seen for days and her curtains are shut",
+            "um the recycling lorry didn't come down our street yesterday",
+        ];
+        let mut turn = 0usize;
+        b.iter(|| {
+            turn += 1;
+            engine.classify(black_box(pair[turn % 2]))
+        })
+    });
     c.bench_function("classify_typical_utterance", |b| {
         b.iter(|| {
             engine.classify(black_box(

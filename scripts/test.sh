@@ -11,6 +11,10 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing test dependencies"
 scripts/test-deps.sh
 
+step "speech and language models (cached in ~/.cache/frontdoor)"
+cargo build --locked --bin frontdoor
+target/debug/frontdoor models fetch
+
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

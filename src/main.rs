@@ -205,11 +205,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             frontdoor::telemetry::init(&config.logging.level, cli.log_json);
             let cache = cache.unwrap_or_else(frontdoor::models::default_cache_dir);
             let set = frontdoor::models::fetch(&cache, whisper)?;
+            let embedding = frontdoor::answer::embed::fetch_embedding_model(
+                &frontdoor::answer::embed::PARAPHRASE_MINILM_L3,
+                &cache,
+            )?;
             println!("whisper      {}", set.whisper_ggml.display());
             println!("piper voice  {}", set.piper_onnx.display());
             println!("piper config {}", set.piper_config.display());
             println!("onnxruntime  {}", set.onnxruntime_lib.display());
             println!("silero vad   {}", set.silero_vad.display());
+            println!("embedding    {}", embedding.onnx.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Transcribe { file } => {

@@ -210,6 +210,8 @@ pub struct IntentClassifier {
     centroids: Vec<SparseVector>,
     keywords: Vec<(Vec<String>, usize, f32)>,
     synonyms: Vec<(String, String)>,
+    /// Meaning-based similarity to each intent's examples, blended in when attached.
+    semantic: Option<std::sync::Arc<super::semantic::SemanticScorer>>,
 }
 
 impl IntentClassifier {
@@ -240,6 +242,7 @@ impl IntentClassifier {
             centroids: Vec::new(),
             keywords: Vec::new(),
             synonyms,
+            semantic: None,
         };
 
         // Document frequency counts intents, not sentences: a word used by one
@@ -311,6 +314,12 @@ impl IntentClassifier {
         classifier
     }
 
+    /// Blends the semantic layer's intent similarities into every score from
+    /// now on; the scorer must have been built from the same intents.
+    pub fn attach_semantic(&mut self, scorer: std::sync::Arc<super::semantic::SemanticScorer>) {
+        self.semantic = Some(scorer);
+    }
+
     pub fn name(&self, index: usize) -> &str {
         self.names.get(index).map_or("out_of_scope", String::as_str)
     }
@@ -354,10 +363,16 @@ impl IntentClassifier {
                 (i, score)
             })
             .collect();
+        let lexical_best = scored.iter().map(|s| s.1).fold(0.0f32, f32::max);
+        let semantic_note = self.blend_semantic(normalised, &mut scored);
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(3);
 
-        let best = scored[0].1;
+        let best = if lexical_best < NOTHING_RECOGNISED {
+            lexical_best
+        } else {
+            scored[0].1
+        };
         let second = scored.get(1).map_or(0.0, |s| s.1);
         if best < NOTHING_RECOGNISED {
             return IntentScores {
@@ -378,11 +393,45 @@ impl IntentClassifier {
             reason.push_str("; keywords: ");
             reason.push_str(&matched_keywords.join(", "));
         }
+        if let Some(note) = semantic_note {
+            reason.push_str("; ");
+            reason.push_str(&note);
+        }
         IntentScores {
             ranked: scored,
             confidence,
             reason,
         }
+    }
+
+    /// Adds `weight × (similarity − best similarity)` per intent: the
+    /// ranking moves towards the semantically nearest intent, while the best
+    /// score (and so the confidence) never rises above the lexical evidence.
+    fn blend_semantic(&self, normalised: &str, scored: &mut [(usize, f32)]) -> Option<String> {
+        let scorer = self.semantic.as_ref()?;
+        let similarities = match scorer.intent_similarities(normalised) {
+            Ok(similarities) => similarities,
+            Err(error) => {
+                tracing::warn!(%error, "semantic intent scores unavailable; lexical only");
+                return None;
+            }
+        };
+        let top = similarities.iter().copied().fold(0.0f32, f32::max);
+        let weight = scorer.intent_weight();
+        for (intent, score) in scored.iter_mut() {
+            if let Some(similarity) = similarities.get(*intent) {
+                *score += weight * (similarity - top);
+            }
+        }
+        let (nearest, similarity) = similarities
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))?;
+        Some(format!(
+            "semantic intent {} {:.2}",
+            self.name(nearest),
+            similarity
+        ))
     }
 
     /// Content-word stems of normalised text. At query time (`snap`), unknown

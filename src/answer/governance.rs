@@ -10,12 +10,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::AnswerError;
 use super::normalize::normalise;
+use super::semantic::{SemanticScorer, SemanticSection};
 
 /// What the engine must do about the person, whatever the topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -177,6 +179,10 @@ pub struct Governance {
     pub safety: SafetyMessages,
     /// Below this classifier confidence the assistant asks rather than answers.
     pub clarify_below: f32,
+    /// `[semantic]` as written; the model is loaded by the engine.
+    pub semantic_config: Option<SemanticSection>,
+    /// Meaning-based detection, consulted after the rules when attached.
+    semantic: Option<Arc<SemanticScorer>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +197,8 @@ struct GovernanceFile {
     rules: Vec<RuleFile>,
     complexity: ComplexityFile,
     understanding: UnderstandingFile,
+    #[serde(default)]
+    semantic: Option<SemanticSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -400,7 +408,13 @@ impl Governance {
             return Err(invalid("[safety] messages must not be empty".into()));
         }
 
+        if let Some(semantic) = &file.semantic {
+            semantic.validate().map_err(invalid)?;
+        }
+
         Ok(Governance {
+            semantic_config: file.semantic,
+            semantic: None,
             precedence,
             categories,
             guards,
@@ -423,8 +437,71 @@ impl Governance {
         self.categories.get(&category)
     }
 
+    /// Attaches the semantic layer: from now on [`Governance::assess`]
+    /// escalates when either the rules or the meaning-based examples fire.
+    pub fn attach_semantic(&mut self, scorer: Arc<SemanticScorer>) {
+        self.semantic = Some(scorer);
+    }
+
+    pub fn semantic(&self) -> Option<&Arc<SemanticScorer>> {
+        self.semantic.as_ref()
+    }
+
+    /// The order in which categories win when more than one fires.
+    pub fn precedence(&self) -> &[Escalation] {
+        &self.precedence
+    }
+
     /// Assesses already-normalised text. Never fails: unknown input is `none`.
+    ///
+    /// Rules first (explainable, exact), then, when attached, the semantic
+    /// layer. Either can escalate; when both fire, precedence picks the
+    /// category. The reason always names the nearest semantic example.
     pub fn assess(&self, normalised: &str) -> EscalationDecision {
+        let (mut decision, masked) = self.assess_rules(normalised);
+        let Some(scorer) = &self.semantic else {
+            return decision;
+        };
+        if normalised.trim().is_empty() {
+            return decision;
+        }
+        let semantic = match scorer.assess(normalised, &masked) {
+            Ok(semantic) => semantic,
+            Err(error) => {
+                // Rules still stand; the failure is on the audit trail.
+                tracing::error!(%error, "semantic layer failed; rules only for this utterance");
+                decision.reason.push_str("; semantic layer failed: ");
+                decision.reason.push_str(&error.to_string());
+                return decision;
+            }
+        };
+        let rank = |c: Escalation| self.precedence.iter().position(|p| *p == c);
+        let semantic_hit = semantic.fired(&self.precedence);
+        let semantic_wins = semantic_hit.is_some_and(|hit| {
+            !decision.escalation.is_escalation() || rank(hit.category) < rank(decision.escalation)
+        });
+        match semantic_hit {
+            Some(hit) if semantic_wins => {
+                decision = EscalationDecision {
+                    escalation: hit.category,
+                    score: hit.similarity,
+                    reason: format!(
+                        "{}: {}; rules: {}",
+                        hit.category.as_str(),
+                        semantic.describe(Some(hit)),
+                        decision.reason
+                    ),
+                };
+            }
+            _ => {
+                let _ = write!(decision.reason, "; {}", semantic.describe(semantic_hit));
+            }
+        }
+        decision
+    }
+
+    /// The rules alone, and the text with figurative spans masked.
+    fn assess_rules(&self, normalised: &str) -> (EscalationDecision, String) {
         // Guards blank out figurative spans so the rules never see them.
         let mut masked = normalised.to_string();
         let mut guard_notes = String::new();
@@ -471,7 +548,7 @@ impl Governance {
                 .get(category)
                 .map_or(1.0, |policy| policy.threshold);
             if *score >= threshold {
-                return EscalationDecision {
+                let decision = EscalationDecision {
                     escalation: *category,
                     score: *score,
                     reason: format!(
@@ -483,6 +560,7 @@ impl Governance {
                         guard_notes
                     ),
                 };
+                return (decision, masked);
             }
         }
 
@@ -496,11 +574,12 @@ impl Governance {
             );
         }
         reason.push_str(&guard_notes);
-        EscalationDecision {
+        let decision = EscalationDecision {
             escalation: Escalation::None,
             score: 0.0,
             reason,
-        }
+        };
+        (decision, masked)
     }
 }
 

