@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench media` runs the criterion groups, then prints a streams-per-core
 //! estimate from the combined receive + send cost (50 packets in and 50 out per second per
-//! stream). Syscalls and task wake-ups are not included here; `examples/media_load.rs`
-//! measures the whole thing over loopback.
+//! stream). Syscalls and wake-ups are not included here; `scripts/media-load.sh` measures the
+//! whole thing over loopback, with the load generator in a separate process.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -188,7 +188,7 @@ fn streams_per_core_estimate() {
     println!(
         "\nmedia estimate: {per_tick_ns:.0} ns per stream per 20 ms (1 packet in + 1 out), \
          {streams_per_core:.0} streams per core for the protocol work alone \
-         (target 2500; syscalls and wake-ups come on top, see examples/media_load.rs)"
+         (target 2500; syscalls and wake-ups come on top, see scripts/media-load.sh)"
     );
 }
 

@@ -15,6 +15,7 @@ pub mod call;
 pub mod config;
 pub mod dialplan;
 pub mod engine;
+pub mod events;
 pub mod http;
 pub mod media;
 pub mod models;

@@ -20,6 +20,7 @@ use super::listener::{Listener, ListenerEvent};
 use super::{ActionsOutcome, CallMedia};
 use crate::answer::{Action, AnswerEngine, Conversation, Escalation};
 use crate::asr::{AsrError, AsrPool, Utterance};
+use crate::events::{CallEvent, EventBus};
 use crate::media::MediaEvent;
 use crate::speech::{
     BargeInConfig, EndpointConfig, PromptCache, SileroVadModel, TtsStream, TtsWorkerPool,
@@ -66,15 +67,34 @@ pub const GOODBYE_SILENT: &str =
     "I can't hear anything, so I'll end the call now. Please call back any time. Goodbye.";
 pub const NOT_HEARD: &str = "Sorry, I didn't catch that. Could you say it again?";
 
-/// Where the call's record goes.
+/// Where the call's record and live events go.
 pub struct CallLog<'a> {
     pub store: &'a StoreHandle,
+    pub events: &'a EventBus,
     pub call_id: &'a str,
 }
 
 impl CallLog<'_> {
     async fn turn(&self, speaker: &str, text: &str, detail: Option<(&crate::answer::Turn, &str)>) {
         info!(speaker, text, "transcript");
+        let now = Utc::now();
+        self.events.publish(CallEvent::Transcript {
+            call_id: self.call_id.to_string(),
+            speaker: speaker.to_string(),
+            text: text.to_string(),
+            is_final: true,
+            at: now,
+        });
+        if let Some((t, reason)) = detail {
+            self.events.publish(CallEvent::Decision {
+                call_id: self.call_id.to_string(),
+                intent: t.intent.clone(),
+                confidence: t.confidence,
+                escalation: t.escalation.as_str().to_string(),
+                reason: reason.to_string(),
+                at: now,
+            });
+        }
         self.store
             .turn(TurnRecord {
                 call_id: self.call_id.to_string(),

@@ -12,6 +12,7 @@ use super::{Shared, media_ip_for};
 use crate::call::assistant::CallLog;
 use crate::call::{ActionContext, ActionLog, ActionsOutcome, CallMedia, run_actions};
 use crate::dialplan::Route;
+use crate::events::CallEvent;
 use crate::media::{self, CallRecorder, Direction, MediaHandle, MediaStream, SdpError};
 use crate::sip::{CallKey, IncomingInvite};
 use crate::store::{CallEnd, HangupBy, MediaStats, NewCall};
@@ -50,6 +51,13 @@ pub(super) async fn run(
     let span = info_span!("call", call_id = %id, sip_call_id = %invite.call_id);
     async move {
         info!(from = %invite.from_uri, to = %dialled, route = %route.name, source = %invite.source, "incoming call");
+        shared.events.publish(CallEvent::Started {
+            call_id: id.clone(),
+            caller: invite.from_user.clone().unwrap_or_default(),
+            callee: dialled.clone(),
+            route: route.name.clone(),
+            at: Utc::now(),
+        });
         shared
             .store
             .call_started(NewCall {
@@ -79,6 +87,12 @@ pub(super) async fn run(
             }
         };
         info!(reason = %ending.reason, by = ending.by.as_str(), "call ended");
+        shared.events.publish(CallEvent::Ended {
+            call_id: id.clone(),
+            reason: ending.reason.clone(),
+            hangup_by: ending.by.as_str().to_string(),
+            at: Utc::now(),
+        });
         shared.metrics.call_finished(ending.outcome);
         shared
             .store
@@ -196,6 +210,11 @@ async fn answer_and_run(
         .call_answered(id, negotiated.codec.encoding_name(), recording_path)
         .await;
     info!(codec = negotiated.codec.encoding_name(), remote = %negotiated.remote_rtp, local_port, "answered");
+    shared.events.publish(CallEvent::Answered {
+        call_id: id.to_string(),
+        codec: negotiated.codec.encoding_name().to_string(),
+        at: Utc::now(),
+    });
 
     let (handle, events) = stream.start(negotiated.clone(), recording.map(|(r, _)| r));
     let mut media = CallMedia {
@@ -214,6 +233,7 @@ async fn answer_and_run(
             assistant: shared.assistant.as_ref(),
             log: CallLog {
                 store: &shared.store,
+                events: &shared.events,
                 call_id: id,
             },
         };

@@ -61,6 +61,7 @@ struct Shared {
     ports: PortAllocator,
     metrics: Arc<Metrics>,
     assistant: Option<crate::call::assistant::AssistantServices>,
+    events: crate::events::EventBus,
 }
 
 /// Runs the engine until `shutdown` fires, then drains calls within the
@@ -134,13 +135,19 @@ pub async fn run(
 
     let metrics = Metrics::new();
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let (http_addr, http_fut) =
-        crate::http::serve(config.http.listen, metrics.clone(), async move {
-            let mut rx = http_stop_rx;
-            let _ = rx.wait_for(|stop| *stop).await;
-        })
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    let events = crate::events::EventBus::new();
+    let http_state = crate::http::AppState {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        events: events.clone(),
+        config: Arc::new(config.clone()),
+    };
+    let (http_addr, http_fut) = crate::http::serve(config.http.listen, http_state, async move {
+        let mut rx = http_stop_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    })
+    .await
+    .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
     let http_task = tokio::spawn(http_fut);
 
     info!(
@@ -169,6 +176,7 @@ pub async fn run(
         ports,
         metrics: metrics.clone(),
         assistant,
+        events,
     });
 
     let mut calls: HashMap<CallKey, mpsc::Sender<CallSignal>> = HashMap::new();

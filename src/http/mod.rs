@@ -82,36 +82,46 @@ impl Metrics {
     }
 }
 
-async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.accepting.load(Ordering::Relaxed) {
+/// What HTTP handlers can reach: engine metrics, the call store and the live
+/// event bus.
+#[derive(Clone)]
+pub struct AppState {
+    pub metrics: Arc<Metrics>,
+    pub store: crate::store::StoreHandle,
+    pub events: crate::events::EventBus,
+    pub config: Arc<crate::config::Config>,
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.metrics.accepting.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     }
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.render(),
+        state.metrics.render(),
     )
 }
 
-pub fn router(metrics_state: Arc<Metrics>) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(metrics_state)
+        .with_state(state)
 }
 
 /// Binds the HTTP listener (so a port clash fails start-up) and returns the
 /// server future, which ends when `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
-    metrics_state: Arc<Metrics>,
+    state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(
     SocketAddr,
@@ -119,7 +129,7 @@ pub async fn serve(
 )> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(metrics_state);
+    let app = router(state);
     let fut = async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
