@@ -1,0 +1,486 @@
+//! One Whisper model in memory, and the per-worker transcriber that decodes
+//! utterances with it.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+use super::AsrError;
+use super::audio::{
+    MAX_WINDOW_SAMPLES, WHISPER_SAMPLE_RATE, active_level_dbfs, split_at_quiet_points,
+};
+use super::window::{
+    DecodeSummary, FULL_WINDOW, GuardLimits, WindowPolicy, WindowUsed, check_transcript,
+    is_non_speech_annotation, token_budget,
+};
+
+/// Words a council caller is likely to say that Whisper would otherwise
+/// spell as something commoner ("fly tipping" → "fly tripping").
+pub const DEFAULT_VOCABULARY_PROMPT: &str = "Derby City Council: council tax, bin collection, recycling, \
+     Derby Homes, fly-tipping, potholes, parking permit, housing benefit, planning application.";
+
+/// Shortest utterance worth decoding: below this Whisper mostly invents words.
+pub const MIN_UTTERANCE_SECONDS: f32 = 0.2;
+
+/// Pieces of long audio are cut at the quietest moment of their last 10 s.
+const SPLIT_SEARCH_SAMPLES: usize = 10 * WHISPER_SAMPLE_RATE as usize;
+
+/// How a model decodes; fixed when the model is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsrConfig {
+    /// Spoken language (`"en"`); `"auto"` lets a multilingual model detect
+    /// it. English-only models ignore it.
+    pub language: String,
+    /// Text the decoder is conditioned on, to bias it towards council words.
+    /// Empty for none.
+    pub vocabulary_prompt: String,
+    /// How the encoder window is chosen.
+    pub window: WindowPolicy,
+    /// When a fitted window's text is rejected (then the full window is used).
+    pub guards: GuardLimits,
+    /// Decoder token budget per second of audio (real speech is ~3/s).
+    pub tokens_per_second: f32,
+    /// Token budget floor, for very short utterances.
+    pub min_token_budget: usize,
+    /// Let whisper.cpp retry uncertain decodes at temperatures 0.4 and 0.8.
+    /// Off by default: the guards and full-window retry already handle the
+    /// failures it would catch, at a bounded cost.
+    pub temperature_fallback: bool,
+    /// Longer input is refused.
+    pub max_audio_seconds: f32,
+    /// Audio whose loudest quarter is quieter than this (dBFS) is returned as
+    /// an empty transcript without decoding: Whisper answers silence with
+    /// invented words ("you", "Thank you.").
+    pub silence_gate_dbfs: f32,
+    /// whisper.cpp threads per transcriber. Keep 1 and run one transcriber
+    /// per core: two threads on a busy core ran 3–5× slower than one.
+    pub threads: u16,
+}
+
+impl Default for AsrConfig {
+    fn default() -> Self {
+        AsrConfig {
+            language: "en".to_string(),
+            vocabulary_prompt: DEFAULT_VOCABULARY_PROMPT.to_string(),
+            window: WindowPolicy::default(),
+            guards: GuardLimits::default(),
+            tokens_per_second: 8.0,
+            min_token_budget: 16,
+            temperature_fallback: false,
+            max_audio_seconds: 600.0,
+            silence_gate_dbfs: -55.0,
+            threads: 1,
+        }
+    }
+}
+
+/// Per-call overrides.
+#[derive(Debug, Clone, Default)]
+pub struct TranscribeOptions {
+    /// Use this window policy instead of the model's (tests and benchmarks
+    /// compare the two).
+    pub window: Option<WindowPolicy>,
+    /// Decode without the vocabulary prompt.
+    pub without_prompt: bool,
+    /// Set to abandon the transcription (the caller hung up); checked by
+    /// whisper.cpp between graph nodes, so it stops within milliseconds.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// The text of one utterance and how it was obtained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    /// What was said, trimmed; empty when Whisper heard no words.
+    pub text: String,
+    pub audio_seconds: f32,
+    /// The encoder window of the (last) pass, and why a fitted one was
+    /// abandoned, if it was; `audio_ctx` is 0 when the audio was silence and
+    /// nothing was decoded.
+    pub window: WindowUsed,
+    /// Wall time spent in whisper.cpp.
+    pub elapsed: Duration,
+    /// Text tokens decoded (special tokens excluded).
+    pub text_tokens: usize,
+    /// Mean log-probability of those tokens: near 0 is confident.
+    pub mean_logprob: f32,
+    /// Pieces long audio was split into (1 for an utterance).
+    pub chunks: usize,
+}
+
+impl Transcript {
+    /// Real-time factor: processing time per second of audio.
+    pub fn real_time_factor(&self) -> f32 {
+        self.elapsed.as_secs_f32() / self.audio_seconds.max(f32::EPSILON)
+    }
+}
+
+/// A Whisper model loaded once and shared by every transcriber.
+pub struct AsrModel {
+    context: WhisperContext,
+    prompt_tokens: Vec<whisper_rs::WhisperTokenId>,
+    end_of_text: whisper_rs::WhisperTokenId,
+    config: AsrConfig,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for AsrModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsrModel")
+            .field("path", &self.path)
+            .field("prompt_tokens", &self.prompt_tokens.len())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AsrModel {
+    /// Loads a ggml Whisper model (as `frontdoor models fetch` writes it).
+    pub fn load(path: &Path, config: AsrConfig) -> Result<Arc<AsrModel>, AsrError> {
+        validate_config(&config)?;
+        if !path.is_file() {
+            return Err(AsrError::ModelMissing(path.to_path_buf()));
+        }
+        let load_error = |reason: String| AsrError::ModelLoad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let path_text = path
+            .to_str()
+            .ok_or_else(|| load_error("path is not valid UTF-8".into()))?;
+        // whisper.cpp prints to stderr unless hooked; this sends its lines to
+        // `tracing` (targets `whisper_rs::*`). Idempotent.
+        whisper_rs::install_logging_hooks();
+        let context =
+            WhisperContext::new_with_params(path_text, WhisperContextParameters::default())
+                .map_err(|e| load_error(e.to_string()))?;
+        // Tokenised once here rather than passed as text per call: whisper-rs
+        // leaks the C string of every `set_initial_prompt`.
+        let prompt_tokens = if config.vocabulary_prompt.trim().is_empty() {
+            Vec::new()
+        } else {
+            context
+                .tokenize(&config.vocabulary_prompt, 224)
+                .map_err(|e| {
+                    AsrError::Config(format!("vocabulary prompt cannot be tokenised: {e}"))
+                })?
+        };
+        let end_of_text = context.token_eot();
+        Ok(Arc::new(AsrModel {
+            context,
+            prompt_tokens,
+            end_of_text,
+            config,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// A new transcriber with its own decoding state (tens of MB): one per
+    /// worker thread.
+    pub fn transcriber(self: &Arc<Self>) -> Result<Transcriber, AsrError> {
+        let state = self
+            .context
+            .create_state()
+            .map_err(|e| AsrError::Inference(format!("cannot create decoding state: {e}")))?;
+        Ok(Transcriber {
+            model: Arc::clone(self),
+            state,
+        })
+    }
+
+    pub fn config(&self) -> &AsrConfig {
+        &self.config
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn validate_config(config: &AsrConfig) -> Result<(), AsrError> {
+    if config.threads == 0 {
+        return Err(AsrError::Config("threads must be at least 1".into()));
+    }
+    if !(config.tokens_per_second.is_finite() && config.tokens_per_second > 0.0) {
+        return Err(AsrError::Config(
+            "tokens_per_second must be positive".into(),
+        ));
+    }
+    if !(config.max_audio_seconds.is_finite() && config.max_audio_seconds >= MIN_UTTERANCE_SECONDS)
+    {
+        return Err(AsrError::Config("max_audio_seconds is too small".into()));
+    }
+    if config.language.contains('\0') || config.language.is_empty() {
+        return Err(AsrError::Config(
+            "language must be a code such as `en`".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes utterances with one whisper.cpp state. Not shared between threads:
+/// each worker owns one.
+pub struct Transcriber {
+    model: Arc<AsrModel>,
+    state: WhisperState,
+}
+
+/// One decoder pass's output, before the guards judge it.
+struct Decoded {
+    text: String,
+    text_tokens: usize,
+    mean_logprob: f32,
+}
+
+impl Transcriber {
+    /// Loads a model for a single transcriber (the CLI, tests).
+    pub fn load(path: &Path, config: AsrConfig) -> Result<Transcriber, AsrError> {
+        AsrModel::load(path, config)?.transcriber()
+    }
+
+    pub fn model(&self) -> &Arc<AsrModel> {
+        &self.model
+    }
+
+    /// Transcribes 16 kHz mono audio in [-1, 1].
+    ///
+    /// Errors for empty, too short (< 0.2 s), over-long or non-finite input;
+    /// audio over 30 s is split at quiet points and the texts joined.
+    pub fn transcribe(
+        &mut self,
+        pcm_16k: &[f32],
+        options: &TranscribeOptions,
+    ) -> Result<Transcript, AsrError> {
+        let started = Instant::now();
+        let audio_seconds = pcm_16k.len() as f32 / WHISPER_SAMPLE_RATE as f32;
+        if pcm_16k.is_empty() {
+            return Err(AsrError::EmptyAudio);
+        }
+        if audio_seconds < MIN_UTTERANCE_SECONDS {
+            return Err(AsrError::TooShort {
+                seconds: audio_seconds,
+                minimum: MIN_UTTERANCE_SECONDS,
+            });
+        }
+        let maximum = self.model.config.max_audio_seconds;
+        if audio_seconds > maximum {
+            return Err(AsrError::TooLong {
+                seconds: audio_seconds,
+                maximum,
+            });
+        }
+        if pcm_16k.iter().any(|s| !s.is_finite()) {
+            return Err(AsrError::InvalidAudio);
+        }
+
+        let pieces = split_at_quiet_points(pcm_16k, MAX_WINDOW_SAMPLES, SPLIT_SEARCH_SAMPLES);
+        let min_piece = (MIN_UTTERANCE_SECONDS * WHISPER_SAMPLE_RATE as f32) as usize;
+        let mut transcript = Transcript {
+            text: String::new(),
+            audio_seconds,
+            // Stays 0 when every piece was below the silence gate.
+            window: WindowUsed {
+                audio_ctx: 0,
+                fallback: None,
+            },
+            elapsed: Duration::ZERO,
+            text_tokens: 0,
+            mean_logprob: 0.0,
+            chunks: pieces.len(),
+        };
+        let mut logprob_sum = 0.0f32;
+        for piece in pieces {
+            // A sliver left over by the split is a breath, not a word.
+            if piece.len() < min_piece
+                || active_level_dbfs(&pcm_16k[piece.clone()]) < self.model.config.silence_gate_dbfs
+            {
+                continue;
+            }
+            let (decoded, window) = self.transcribe_window(&pcm_16k[piece], options)?;
+            if !decoded.text.is_empty() {
+                if !transcript.text.is_empty() {
+                    transcript.text.push(' ');
+                }
+                transcript.text.push_str(&decoded.text);
+            }
+            transcript.text_tokens += decoded.text_tokens;
+            logprob_sum += decoded.mean_logprob * decoded.text_tokens as f32;
+            transcript.window = WindowUsed {
+                audio_ctx: window.audio_ctx,
+                fallback: transcript.window.fallback.or(window.fallback),
+            };
+        }
+        if transcript.text_tokens > 0 {
+            transcript.mean_logprob = logprob_sum / transcript.text_tokens as f32;
+        }
+        transcript.elapsed = started.elapsed();
+        Ok(transcript)
+    }
+
+    /// One ≤ 30 s piece: a fitted window first (when the policy allows), the
+    /// full window when the guards reject it.
+    fn transcribe_window(
+        &mut self,
+        pcm: &[f32],
+        options: &TranscribeOptions,
+    ) -> Result<(Decoded, WindowUsed), AsrError> {
+        let config = &self.model.config;
+        let policy = options.window.unwrap_or(config.window);
+        let audio_seconds = pcm.len() as f32 / WHISPER_SAMPLE_RATE as f32;
+        let budget = token_budget(
+            audio_seconds,
+            config.tokens_per_second,
+            config.min_token_budget,
+        );
+        let guards = config.guards;
+
+        if let Some(audio_ctx) = policy.audio_ctx(pcm.len()) {
+            let decoded = self.decode(pcm, Some(audio_ctx), budget, options)?;
+            let summary = DecodeSummary {
+                text: &decoded.text,
+                audio_seconds,
+                text_tokens: decoded.text_tokens,
+                token_budget: budget,
+                mean_logprob: decoded.mean_logprob,
+                active_level_dbfs: active_level_dbfs(pcm),
+            };
+            match check_transcript(&summary, &guards) {
+                None => {
+                    return Ok((
+                        decoded,
+                        WindowUsed {
+                            audio_ctx,
+                            fallback: None,
+                        },
+                    ));
+                }
+                Some(trip) => {
+                    tracing::debug!(
+                        audio_ctx,
+                        reason = trip.as_str(),
+                        rejected = %decoded.text,
+                        "fitted Whisper window rejected; decoding with the full window"
+                    );
+                    let decoded = self.decode(pcm, None, budget, options)?;
+                    return Ok((
+                        decoded,
+                        WindowUsed {
+                            audio_ctx: FULL_WINDOW,
+                            fallback: Some(trip),
+                        },
+                    ));
+                }
+            }
+        }
+        let decoded = self.decode(pcm, None, budget, options)?;
+        Ok((
+            decoded,
+            WindowUsed {
+                audio_ctx: FULL_WINDOW,
+                fallback: None,
+            },
+        ))
+    }
+
+    fn decode(
+        &mut self,
+        pcm: &[f32],
+        audio_ctx: Option<u32>,
+        token_budget: usize,
+        options: &TranscribeOptions,
+    ) -> Result<Decoded, AsrError> {
+        let model = &self.model;
+        let config = &model.config;
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(i32::from(config.threads));
+        params.set_language(Some(config.language.as_str()));
+        params.set_translate(false);
+        // Each utterance stands alone: text from the previous caller must not
+        // condition this one.
+        params.set_no_context(true);
+        params.set_no_timestamps(true);
+        params.set_single_segment(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        params.set_max_tokens(i32::try_from(token_budget).unwrap_or(i32::MAX));
+        params.set_audio_ctx(audio_ctx.map_or(0, |ctx| ctx as i32));
+        params.set_temperature(0.0);
+        params.set_temperature_inc(if config.temperature_fallback {
+            0.4
+        } else {
+            0.0
+        });
+        if !options.without_prompt && !model.prompt_tokens.is_empty() {
+            params.set_tokens(&model.prompt_tokens);
+        }
+        if let Some(cancel) = &options.cancel {
+            // SAFETY: the callback only reads an AtomicBool, and the pointer
+            // stays valid for the whole `full` call because `options` (which
+            // holds an Arc to it) outlives this function's borrow of it.
+            unsafe {
+                params.set_abort_callback(Some(abort_requested));
+                params.set_abort_callback_user_data(Arc::as_ptr(cancel) as *mut c_void);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(AsrError::Cancelled);
+            }
+        }
+
+        let outcome = self.state.full(params, pcm);
+        if options
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(AsrError::Cancelled);
+        }
+        outcome.map_err(|e| AsrError::Inference(e.to_string()))?;
+
+        let mut text = String::new();
+        let mut text_tokens = 0usize;
+        let mut logprob_sum = 0.0f32;
+        for segment in self.state.as_iter() {
+            if let Ok(piece) = segment.to_str_lossy() {
+                text.push_str(&piece);
+            }
+            for index in 0..segment.n_tokens() {
+                if let Some(token) = segment.get_token(index)
+                    && token.token_id() < model.end_of_text
+                {
+                    text_tokens += 1;
+                    logprob_sum += token.token_data().plog;
+                }
+            }
+        }
+        let mut text = text.trim().to_string();
+        if is_non_speech_annotation(&text) {
+            text.clear();
+        }
+        Ok(Decoded {
+            text,
+            text_tokens,
+            mean_logprob: if text_tokens > 0 {
+                logprob_sum / text_tokens as f32
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+/// whisper.cpp's abort hook: `data` is the `AtomicBool` of a
+/// [`TranscribeOptions::cancel`].
+unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
+    // SAFETY: set only in `Transcriber::decode`, from a live `Arc<AtomicBool>`.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
+}
