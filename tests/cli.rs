@@ -30,8 +30,19 @@ fn help_describes_every_subcommand() {
         assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
     }
     let serve = text(&frontdoor(&["serve", "--help"], dir.path()));
-    for flag in ["--sip", "--rtp-ports", "--http", "--data", "--dialplans", "--config", "--log-json"] {
-        assert!(serve.contains(flag), "{flag} missing from serve --help:\n{serve}");
+    for flag in [
+        "--sip",
+        "--rtp-ports",
+        "--http",
+        "--data",
+        "--dialplans",
+        "--config",
+        "--log-json",
+    ] {
+        assert!(
+            serve.contains(flag),
+            "{flag} missing from serve --help:\n{serve}"
+        );
     }
 }
 
@@ -83,13 +94,20 @@ fn broken_dialplan_is_reported_with_file_and_line_and_stops_serve() {
 #[test]
 fn broken_config_is_reported_with_line() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.toml"), "[limits]\nmax_calls = \"lots\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[limits]\nmax_calls = \"lots\"\n",
+    )
+    .unwrap();
     let o = frontdoor(&["--config", "bad.toml", "dialplan", "check"], dir.path());
     assert!(!o.status.success());
     let out = text(&o);
     assert!(out.contains("bad.toml:2"), "{out}");
 
-    let o = frontdoor(&["--config", "missing.toml", "dialplan", "check"], dir.path());
+    let o = frontdoor(
+        &["--config", "missing.toml", "dialplan", "check"],
+        dir.path(),
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("missing.toml"), "{}", text(&o));
 }
