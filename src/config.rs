@@ -30,7 +30,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub sip: SipSection,
@@ -148,23 +148,6 @@ pub struct AssistantSection {
     pub asr_workers: Option<usize>,
     /// Speech-synthesis worker threads. Default: 1.
     pub tts_workers: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sip: SipSection::default(),
-            media: MediaSection::default(),
-            http: HttpSection::default(),
-            data: DataSection::default(),
-            dialplans: DialplanSection::default(),
-            limits: LimitsSection::default(),
-            shutdown: ShutdownSection::default(),
-            logging: LoggingSection::default(),
-            assistant: AssistantSection::default(),
-            models: ModelsSection::default(),
-        }
-    }
 }
 
 impl Default for SipSection {
