@@ -333,6 +333,38 @@ fn engine_hangs_up_first() {
 }
 
 #[test]
+fn dead_call_without_rtp_is_hung_up_with_the_reason_recorded() {
+    if !peers("dead_call_without_rtp_is_hung_up_with_the_reason_recorded") {
+        return;
+    }
+    let mut engine = Engine::builder()
+        .config("[media]\ninactivity_timeout_secs = 2\n")
+        .start();
+    // Route 3000 answers and stays quiet for 60 s; the caller sends no RTP at
+    // all, so the inactivity timeout must end the call long before that.
+    let started = std::time::Instant::now();
+    let run = Sipp::new("uac_silent.xml", &engine.sip_target())
+        .service("3000")
+        .args(["-m", "1"])
+        .timeout(Duration::from_secs(40))
+        .run();
+    assert_sipp_ok(&run, &engine, "engine BYE on RTP inactivity");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "timeout too slow"
+    );
+    let call = the_call(&engine, &run);
+    assert_eq!(call.hangup_by.as_deref(), Some("system"), "{call:#?}");
+    assert!(
+        call.end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no RTP")),
+        "{call:#?}"
+    );
+    engine.stop();
+}
+
+#[test]
 fn offer_without_common_codec_gets_488() {
     if !peers("offer_without_common_codec_gets_488") {
         return;
