@@ -4,8 +4,6 @@
 use std::ops::Range;
 use std::path::Path;
 
-use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler};
 
 use super::AsrError;
 
@@ -89,22 +87,9 @@ pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32
             "invalid sample rates {from_rate} Hz → {to_rate} Hz"
         )));
     }
-    let failed = |e: &dyn std::fmt::Display| AsrError::Resample(e.to_string());
-    // A 1024-frame FFT chunk is long enough for a sharp anti-alias filter and
-    // `process_all` trims the filter delay, so the output stays aligned.
-    let mut resampler = Fft::<f32>::new(
-        from_rate as usize,
-        to_rate as usize,
-        1024,
-        1,
-        FixedSync::Input,
-    )
-    .map_err(|e| failed(&e))?;
-    let input = InterleavedSlice::new(samples, 1, samples.len()).map_err(|e| failed(&e))?;
-    let output = resampler
-        .process_all(&input, samples.len(), None)
-        .map_err(|e| failed(&e))?;
-    Ok(output.take_data())
+    // One windowed-FFT resampler serves the whole crate (speech::resample).
+    crate::speech::resample::resample(samples, from_rate, to_rate)
+        .map_err(|e| AsrError::Resample(e.to_string()))
 }
 
 /// Reads a WAV file of any rate, sample format and channel count and returns

@@ -95,70 +95,13 @@ fn digit_word(digit: char) -> &'static str {
 }
 
 /// Cardinal number in words, without the "and" (both sides of a WER
-/// comparison go through here, so only consistency matters).
+/// comparison go through here, so only consistency matters). The words come
+/// from the speech normaliser, so what Frontdoor says and how it scores
+/// recognised numbers agree.
 pub fn number_to_words(n: u64) -> String {
-    const SMALL: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 10] = [
-        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
-    fn below_thousand(n: u64, out: &mut Vec<&'static str>) {
-        let hundreds = n / 100;
-        let rest = n % 100;
-        if hundreds > 0 {
-            out.push(SMALL[hundreds as usize]);
-            out.push("hundred");
-        }
-        if rest == 0 {
-            return;
-        }
-        if rest < 20 {
-            out.push(SMALL[rest as usize]);
-        } else {
-            out.push(TENS[(rest / 10) as usize]);
-            if !rest.is_multiple_of(10) {
-                out.push(SMALL[(rest % 10) as usize]);
-            }
-        }
-    }
-    if n == 0 {
-        return "zero".to_string();
-    }
-    let mut out = Vec::new();
-    let mut remaining = n;
-    for (scale, name) in [
-        (1_000_000_000, "billion"),
-        (1_000_000, "million"),
-        (1_000, "thousand"),
-    ] {
-        if remaining >= scale {
-            below_thousand(remaining / scale, &mut out);
-            out.push(name);
-            remaining %= scale;
-        }
-    }
-    below_thousand(remaining, &mut out);
-    out.join(" ")
+    crate::speech::normalize::number_words(n)
+        .replace(" and ", " ")
+        .replace('-', " ")
 }
 
 /// Levenshtein distance over words, in O(min(n, m)) memory.
