@@ -43,6 +43,8 @@ pub struct Config {
     pub logging: LoggingSection,
     pub assistant: AssistantSection,
     pub models: ModelsSection,
+    /// Agents, their registration credentials and queues (human hand-off).
+    pub handoff: crate::handoff::HandoffSection,
 }
 
 /// Where the speech models are. By default everything comes from the cache
@@ -300,6 +302,7 @@ impl Config {
                 "assistant.asr_workers and tts_workers must be at least 1".into(),
             ));
         }
+        self.handoff.validate().map_err(invalid)?;
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "logging.format: {:?} is neither \"text\" nor \"json\"",
@@ -404,6 +407,27 @@ mod tests {
         std::fs::write(&path, "[media]\ncodecs = [\"G729\"]\n").unwrap();
         let err = Config::load(&path, true).unwrap_err().to_string();
         assert!(err.contains("G729"), "{err}");
+    }
+
+    #[test]
+    fn handoff_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[handoff]\nrealm = \"council\"\n[[handoff.agent]]\nid = \"a1\"\npassword = \"p\"\n\
+             [[handoff.queue]]\nname = \"general\"\nmembers = [\"a1\"]\n",
+        )
+        .unwrap();
+        let config = Config::load(&path, true).unwrap();
+        assert_eq!(config.handoff.queue[0].members, vec!["a1"]);
+        std::fs::write(
+            &path,
+            "[[handoff.queue]]\nname = \"general\"\nmembers = [\"ghost\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("ghost"), "{err}");
     }
 
     #[test]

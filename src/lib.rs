@@ -16,6 +16,7 @@ pub mod config;
 pub mod dialplan;
 pub mod engine;
 pub mod events;
+pub mod handoff;
 pub mod http;
 pub mod media;
 pub mod models;

@@ -6,6 +6,7 @@
 //!   and TCP stream framing.
 //! - [`transaction`]: RFC 3261 transactions, driven by messages and `Instant`s.
 //! - [`ua`]: dialogs and the automatic answers (OPTIONS, CANCEL, BYE, 481...).
+//! - [`auth`]: digest authentication and the registrar agents' phones use.
 //! - [`transport`]: sockets and timers around the core; [`start`] returns
 //!   the [`SipHandle`] and the [`SipEvent`] stream the engine uses.
 
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
+pub mod auth;
 pub mod message;
 pub mod parse;
 pub mod peer;
@@ -20,12 +22,16 @@ pub mod transaction;
 pub mod transport;
 pub mod ua;
 
+pub use auth::{
+    AgentAccount, DigestAlgorithm, RegistrarConfig, RegistrationEvent, Secret, UnregisterReason,
+};
 pub use message::{Method, Request, Response, SipMessage};
 pub use parse::{ParseError, parse_message};
 pub use peer::Transport;
 pub use transaction::TimerConfig;
+pub use transport::{OutboundCall, SipCallError};
 pub use transport::{SipHandle, start};
-pub use ua::{CallKey, IncomingInvite, SipEvent};
+pub use ua::{CallKey, IncomingInvite, OutboundEvent, OutgoingInvite, ReferEvent, SipEvent};
 
 /// Listener and identity settings for [`start`].
 #[derive(Debug, Clone)]

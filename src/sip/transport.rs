@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
+use super::auth::{Registrar, RegistrarConfig, RegistrationEvent};
+use super::message::Uri;
 use super::parse::{Frame, MAX_MESSAGE_BYTES, StreamFramer};
 use super::peer::{ConnectionId, Peer, Transmit, Transport};
-use super::ua::{UaConfig, UserAgent};
+use super::ua::{OutboundEvent, OutgoingInvite, ReferEvent, UaConfig, UaError, UserAgent};
 use super::{CallKey, SipConfig, SipError, SipEvent};
 
 /// Most TCP connections at once; further accepts wait for a free slot.
@@ -33,6 +36,28 @@ const EVENT_QUEUE: usize = 1024;
 const INPUT_QUEUE: usize = 1024;
 const CONNECTION_WRITE_QUEUE: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per outbound call or REFER: progress events are few (1xx, 2xx, BYE).
+const CALL_EVENT_QUEUE: usize = 32;
+/// Registration changes kept for a slow subscriber before it lags.
+const REGISTRATION_QUEUE: usize = 256;
+
+/// Why an outbound call or REFER could not be started.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SipCallError {
+    #[error("the SIP layer is not running")]
+    Stopped,
+    #[error(transparent)]
+    Ua(#[from] UaError),
+}
+
+/// A call placed with [`SipHandle::invite`]: its key (for `hangup`,
+/// `answer_reoffer`...) and its own event stream, which ends after the
+/// call's last event.
+#[derive(Debug)]
+pub struct OutboundCall {
+    pub call: CallKey,
+    pub events: mpsc::Receiver<OutboundEvent>,
+}
 
 pub(super) enum Command {
     Ringing(CallKey),
@@ -41,6 +66,17 @@ pub(super) enum Command {
     Hangup(CallKey),
     AnswerReoffer(CallKey, String),
     RejectReoffer(CallKey, u16),
+    Invite(
+        Box<OutgoingInvite>,
+        oneshot::Sender<Result<OutboundCall, SipCallError>>,
+    ),
+    Refer(
+        CallKey,
+        Box<Uri>,
+        Option<String>,
+        oneshot::Sender<Result<mpsc::Receiver<ReferEvent>, SipCallError>>,
+    ),
+    SetRegistrar(Option<Box<RegistrarConfig>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -64,6 +100,7 @@ pub struct SipHandle {
     commands: mpsc::Sender<Command>,
     udp_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
+    registrations: broadcast::Sender<RegistrationEvent>,
 }
 
 impl SipHandle {
@@ -114,6 +151,53 @@ impl SipHandle {
 
     pub fn reject_reoffer(&self, call: CallKey, status: u16) {
         self.send(Command::RejectReoffer(call, status));
+    }
+
+    /// Places a call: INVITE with `outgoing.sdp` as the offer. Progress,
+    /// answer, failure and the far end's BYE arrive on the returned call's
+    /// own channel, never on the engine's [`SipEvent`] stream. End it (or
+    /// CANCEL it while ringing) with [`Self::hangup`].
+    pub async fn invite(&self, outgoing: OutgoingInvite) -> Result<OutboundCall, SipCallError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.commands
+            .send(Command::Invite(Box::new(outgoing), reply_tx))
+            .await
+            .map_err(|_| SipCallError::Stopped)?;
+        reply_rx.await.map_err(|_| SipCallError::Stopped)?
+    }
+
+    /// Sends REFER on an established call (blind transfer). The returned
+    /// channel carries the REFER's response and the NOTIFYs that follow,
+    /// and closes once the outcome is final.
+    pub async fn refer(
+        &self,
+        call: CallKey,
+        refer_to: Uri,
+        referred_by: Option<String>,
+    ) -> Result<mpsc::Receiver<ReferEvent>, SipCallError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.commands
+            .send(Command::Refer(
+                call,
+                Box::new(refer_to),
+                referred_by,
+                reply_tx,
+            ))
+            .await
+            .map_err(|_| SipCallError::Stopped)?;
+        reply_rx.await.map_err(|_| SipCallError::Stopped)?
+    }
+
+    /// Starts answering REGISTER with digest authentication (`None` stops
+    /// it: REGISTER gets 405 again). Subscribe to
+    /// [`Self::registrations`] first to see every binding.
+    pub fn set_registrar(&self, config: Option<RegistrarConfig>) {
+        self.send(Command::SetRegistrar(config.map(Box::new)));
+    }
+
+    /// Registrations, expiries and refused attempts, as they happen.
+    pub fn registrations(&self) -> broadcast::Receiver<RegistrationEvent> {
+        self.registrations.subscribe()
     }
 
     /// Stops the listeners once pending BYE transactions finish, or after
@@ -175,6 +259,7 @@ pub async fn start(cfg: SipConfig) -> Result<(SipHandle, mpsc::Receiver<SipEvent
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+    let (registrations, _) = broadcast::channel(REGISTRATION_QUEUE);
     let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::watch::channel(false);
     let connection_ids = Arc::new(std::sync::atomic::AtomicU64::new(1));
     if let Some(listener) = tcp {
@@ -196,6 +281,9 @@ pub async fn start(cfg: SipConfig) -> Result<(SipHandle, mpsc::Receiver<SipEvent
         input_tx,
         connection_ids,
         events: event_tx,
+        registrations: registrations.clone(),
+        outbound: HashMap::new(),
+        refer_watchers: HashMap::new(),
     };
     tokio::spawn(
         shell
@@ -208,6 +296,7 @@ pub async fn start(cfg: SipConfig) -> Result<(SipHandle, mpsc::Receiver<SipEvent
             commands: command_tx,
             udp_addr,
             tcp_addr,
+            registrations,
         },
         event_rx,
     ))
@@ -242,6 +331,10 @@ struct Shell {
     input_tx: mpsc::Sender<ShellInput>,
     connection_ids: Arc<std::sync::atomic::AtomicU64>,
     events: mpsc::Sender<SipEvent>,
+    registrations: broadcast::Sender<RegistrationEvent>,
+    /// Calls we placed: their events go to the caller of `invite`.
+    outbound: HashMap<CallKey, mpsc::Sender<OutboundEvent>>,
+    refer_watchers: HashMap<CallKey, mpsc::Sender<ReferEvent>>,
 }
 
 async fn recv_udp(
@@ -330,8 +423,13 @@ impl Shell {
             | Command::Reject(c, ..)
             | Command::Hangup(c)
             | Command::AnswerReoffer(c, _)
-            | Command::RejectReoffer(c, _) => *c,
+            | Command::RejectReoffer(c, _)
+            | Command::Refer(c, ..) => Some(*c),
+            Command::Invite(..) | Command::SetRegistrar(_) => None,
             Command::Shutdown(_) => return,
+        };
+        let Some(call) = call else {
+            return self.on_setup_command(now, command);
         };
         let span = tracing::debug_span!(
             "sip_call",
@@ -347,7 +445,43 @@ impl Shell {
             Command::Hangup(call) => self.ua.hangup(now, call),
             Command::AnswerReoffer(call, sdp) => self.ua.answer_reoffer(now, call, sdp),
             Command::RejectReoffer(call, status) => self.ua.reject_reoffer(now, call, status),
-            Command::Shutdown(_) => {}
+            Command::Refer(call, target, referred_by, reply) => {
+                let result = self
+                    .ua
+                    .refer(now, call, &target, referred_by.as_deref())
+                    .map(|()| {
+                        let (events_tx, events) = mpsc::channel(CALL_EVENT_QUEUE);
+                        self.refer_watchers.insert(call, events_tx);
+                        events
+                    });
+                let _ = reply.send(result.map_err(SipCallError::from));
+            }
+            Command::Invite(..) | Command::SetRegistrar(_) | Command::Shutdown(_) => {}
+        }
+    }
+
+    /// Commands that concern no existing call.
+    fn on_setup_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Invite(outgoing, reply) => {
+                let result = self.ua.invite(now, *outgoing).map(|call| {
+                    let (events_tx, events) = mpsc::channel(CALL_EVENT_QUEUE);
+                    self.outbound.insert(call, events_tx);
+                    OutboundCall { call, events }
+                });
+                if let Ok(placed) = &result {
+                    tracing::info!(
+                        call_id = self.ua.call_id(placed.call).unwrap_or_default(),
+                        "outbound call placed"
+                    );
+                }
+                let _ = reply.send(result.map_err(SipCallError::from));
+            }
+            Command::SetRegistrar(config) => {
+                let registrar = config.map(|c| Registrar::new(*c, rand::random(), now));
+                self.ua.set_registrar(registrar);
+            }
+            _ => {}
         }
     }
 
@@ -383,9 +517,20 @@ impl Shell {
             self.transmit(transmit).await;
         }
         while let Some(event) = self.ua.poll_outbound_event() {
-            tracing::debug!(?event, "outbound call event (no API consumer yet)");
+            self.deliver_outbound(event);
+        }
+        while let Some(event) = self.ua.poll_refer_event() {
+            self.deliver_refer(event);
+        }
+        while let Some(event) = self.ua.poll_registration_event() {
+            // Nobody subscribed is fine: the registrar still keeps the binding.
+            let _ = self.registrations.send(event);
         }
         while let Some(event) = self.ua.poll_event() {
+            let event = match self.divert_outbound(event) {
+                Some(event) => event,
+                None => continue,
+            };
             // Backpressure: a slow application slows SIP rather than losing calls.
             if self.events.send(event).await.is_err() {
                 tracing::warn!("SIP event receiver dropped; stopping");
@@ -393,6 +538,84 @@ impl Shell {
             }
         }
         true
+    }
+
+    fn deliver_outbound(&mut self, event: OutboundEvent) {
+        let (call, last) = match &event {
+            OutboundEvent::Progress { call, .. }
+            | OutboundEvent::Answered { call, .. }
+            | OutboundEvent::ReOffer { call, .. } => (*call, false),
+            OutboundEvent::Failed { call, .. }
+            | OutboundEvent::RemoteHangup { call }
+            | OutboundEvent::HangupComplete { call, .. } => (*call, true),
+        };
+        let Some(sender) = self.outbound.get(&call) else {
+            return;
+        };
+        if sender.try_send(event).is_err() {
+            tracing::warn!(?call, "outbound call event dropped (receiver gone or full)");
+        }
+        if last {
+            self.outbound.remove(&call);
+        }
+    }
+
+    fn deliver_refer(&mut self, event: ReferEvent) {
+        let (call, last) = match &event {
+            ReferEvent::Answered { call, status } => {
+                (*call, !status.is_some_and(|s| (200..300).contains(&s)))
+            }
+            ReferEvent::Notified {
+                call, terminated, ..
+            } => (*call, *terminated),
+        };
+        if let Some(sender) = self.refer_watchers.get(&call) {
+            let _ = sender.try_send(event);
+        }
+        if last {
+            self.refer_watchers.remove(&call);
+        }
+    }
+
+    /// Events of calls we placed go to their own channel; the rest (and
+    /// `None` for diverted ones) continue to the engine.
+    fn divert_outbound(&mut self, event: SipEvent) -> Option<SipEvent> {
+        let ended = match &event {
+            SipEvent::RemoteHangup { call }
+            | SipEvent::HangupComplete { call, .. }
+            | SipEvent::CallFailed { call, .. }
+            | SipEvent::Cancelled { call } => Some(*call),
+            _ => None,
+        };
+        if let Some(call) = ended {
+            self.refer_watchers.remove(&call);
+        }
+        let converted = match &event {
+            SipEvent::RemoteHangup { call } if self.outbound.contains_key(call) => {
+                OutboundEvent::RemoteHangup { call: *call }
+            }
+            SipEvent::HangupComplete { call, status } if self.outbound.contains_key(call) => {
+                OutboundEvent::HangupComplete {
+                    call: *call,
+                    status: *status,
+                }
+            }
+            SipEvent::CallFailed { call, .. } if self.outbound.contains_key(call) => {
+                OutboundEvent::HangupComplete {
+                    call: *call,
+                    status: None,
+                }
+            }
+            SipEvent::ReOffer { call, sdp } if self.outbound.contains_key(call) => {
+                OutboundEvent::ReOffer {
+                    call: *call,
+                    sdp: sdp.clone(),
+                }
+            }
+            _ => return Some(event),
+        };
+        self.deliver_outbound(converted);
+        None
     }
 
     async fn transmit(&mut self, transmit: Transmit) {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use thiserror::Error;
 
+use super::auth::{Registrar, RegistrationEvent};
 use super::message::{
     Method, NameAddr, Request, Response, SipMessage, Uri, default_reason, is_token_byte, with_tag,
 };
@@ -93,6 +94,37 @@ pub enum OutboundEvent {
         call: CallKey,
         status: Option<u16>,
     },
+    /// After answer: the far end sent BYE (200 already sent).
+    RemoteHangup {
+        call: CallKey,
+    },
+    /// Final response to our BYE or CANCEL-then-BYE (`None`: timed out).
+    HangupComplete {
+        call: CallKey,
+        status: Option<u16>,
+    },
+    /// The far end re-INVITEd or UPDATEd with an offer; answer it with
+    /// `answer_reoffer` or `reject_reoffer` as for an incoming call.
+    ReOffer {
+        call: CallKey,
+        sdp: Option<String>,
+    },
+}
+
+/// Progress of a REFER we sent on a call ([`UserAgent::refer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferEvent {
+    /// Final response to the REFER itself (202: the far end will try).
+    /// `None`: no response came.
+    Answered { call: CallKey, status: Option<u16> },
+    /// A NOTIFY: the status line of the sipfrag body (the transfer
+    /// target's answer, e.g. 100, 180, 200, 486) and whether the
+    /// subscription ended.
+    Notified {
+        call: CallKey,
+        status: Option<u16>,
+        terminated: bool,
+    },
 }
 
 /// A call to place.
@@ -111,6 +143,8 @@ pub struct OutgoingInvite {
 pub enum UaError {
     #[error("too many calls")]
     TooManyCalls,
+    #[error("the call is not established")]
+    NotEstablished,
     #[error("transaction error: {0}")]
     Transaction(#[from] super::transaction::TxError),
 }
@@ -210,6 +244,7 @@ enum ServerPurpose {
 enum ClientPurpose {
     Bye,
     Invite,
+    Refer,
 }
 
 /// The user-agent core. Feed it with [`UserAgent::handle_datagram`],
@@ -226,6 +261,9 @@ pub struct UserAgent {
     transmits: VecDeque<Transmit>,
     events: VecDeque<SipEvent>,
     outbound_events: VecDeque<OutboundEvent>,
+    refer_events: VecDeque<ReferEvent>,
+    /// Answers REGISTER when set; without it REGISTER gets 405.
+    registrar: Option<Registrar>,
     rng_state: u64,
     next_call: u64,
 }
@@ -250,6 +288,8 @@ impl UserAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             outbound_events: VecDeque::new(),
+            refer_events: VecDeque::new(),
+            registrar: None,
             rng_state: seed,
             next_call: 1,
         }
@@ -290,12 +330,32 @@ impl UserAgent {
         self.outbound_events.pop_front()
     }
 
+    pub fn poll_refer_event(&mut self) -> Option<ReferEvent> {
+        self.refer_events.pop_front()
+    }
+
+    /// Registrations, expiries and refused REGISTERs.
+    pub fn poll_registration_event(&mut self) -> Option<RegistrationEvent> {
+        self.registrar.as_mut().and_then(Registrar::poll_event)
+    }
+
+    /// Starts (or, with `None`, stops) answering REGISTER. Replacing the
+    /// registrar forgets its bindings; phones re-register on their own.
+    pub fn set_registrar(&mut self, registrar: Option<Registrar>) {
+        self.registrar = registrar;
+    }
+
+    pub fn registrar(&self) -> Option<&Registrar> {
+        self.registrar.as_ref()
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ours = self.retransmit_wakeups.peek().map(|Reverse((at, _))| *at);
-        match (ours, self.tx.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let registrations = self.registrar.as_ref().and_then(Registrar::poll_timeout);
+        [ours, self.tx.poll_timeout(), registrations]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn random_hex(&mut self) -> String {
@@ -392,6 +452,9 @@ impl UserAgent {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
+        if let Some(registrar) = self.registrar.as_mut() {
+            registrar.handle_timeout(now);
+        }
         while let Some(Reverse((at, call))) = self.retransmit_wakeups.peek().copied() {
             if at > now {
                 break;
@@ -454,13 +517,17 @@ impl UserAgent {
 
     fn on_request(&mut self, now: Instant, id: TxId, request: Request, peer: Peer) {
         let method = request.method.clone();
+        if method == Method::Register {
+            return self.on_register(now, id, &request, peer);
+        }
         match method {
             Method::Invite
             | Method::Bye
             | Method::Cancel
             | Method::Options
             | Method::Update
-            | Method::Info => {}
+            | Method::Info
+            | Method::Notify => {}
             Method::Other(_) => return self.respond_simple(now, id, &request, 501),
             _ => return self.respond_simple(now, id, &request, 405),
         }
@@ -508,9 +575,59 @@ impl UserAgent {
         match method {
             Method::Bye => self.on_bye(now, call_key, id, &request),
             Method::Info => self.respond_simple(now, id, &request, 200),
+            Method::Notify => self.on_notify(now, call_key, id, &request),
             Method::Invite | Method::Update => self.on_reoffer(now, call_key, id, request),
             _ => self.respond_simple(now, id, &request, 501),
         }
+    }
+
+    fn on_register(&mut self, now: Instant, id: TxId, request: &Request, peer: Peer) {
+        let Some(registrar) = self.registrar.as_mut() else {
+            return self.respond_simple(now, id, request, 405);
+        };
+        let mut response = registrar.handle_register(now, request, peer);
+        if response.status >= 200 {
+            let tag = self.random_hex();
+            if let Some(to) = response.headers.get_mut("To")
+                && !to.contains(";tag=")
+            {
+                *to = with_tag(to, &tag);
+            }
+        }
+        self.decorate(&mut response);
+        self.respond(now, id, &response);
+    }
+
+    /// NOTIFY for the implicit subscription of a REFER we sent (RFC 3515 2.4.4).
+    fn on_notify(&mut self, now: Instant, call_key: CallKey, id: TxId, request: &Request) {
+        let is_refer = request.headers.get("Event").is_some_and(|e| {
+            e.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("refer")
+        });
+        if !is_refer {
+            return self.respond_simple(now, id, request, 489);
+        }
+        self.respond_simple(now, id, request, 200);
+        let terminated = request.headers.get("Subscription-State").is_some_and(|s| {
+            s.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("terminated")
+        });
+        // The body is a message/sipfrag: its first line is a status line.
+        let status = std::str::from_utf8(&request.body)
+            .ok()
+            .and_then(|body| body.lines().next())
+            .and_then(|line| line.strip_prefix("SIP/2.0 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok());
+        self.refer_events.push_back(ReferEvent::Notified {
+            call: call_key,
+            status,
+            terminated,
+        });
     }
 
     fn on_new_invite(&mut self, now: Instant, id: TxId, request: Request, peer: Peer) {
@@ -764,6 +881,16 @@ impl UserAgent {
                 });
             }
             ClientPurpose::Invite => self.on_invite_response(now, id, call_key, response),
+            ClientPurpose::Refer => {
+                if response.is_provisional() {
+                    return;
+                }
+                self.client_txs.remove(&id);
+                self.refer_events.push_back(ReferEvent::Answered {
+                    call: call_key,
+                    status: Some(response.status),
+                });
+            }
         }
     }
 
@@ -864,6 +991,14 @@ impl UserAgent {
         let Some((call_key, purpose)) = self.client_txs.remove(&id) else {
             return;
         };
+        if purpose == ClientPurpose::Refer {
+            // A lost REFER leaves the call as it was.
+            self.refer_events.push_back(ReferEvent::Answered {
+                call: call_key,
+                status: None,
+            });
+            return;
+        }
         self.remove_call(call_key);
         match purpose {
             ClientPurpose::Bye => self.events.push_back(SipEvent::HangupComplete {
@@ -874,6 +1009,7 @@ impl UserAgent {
                 call: call_key,
                 status: None,
             }),
+            ClientPurpose::Refer => {}
         }
     }
 
@@ -1191,6 +1327,39 @@ impl UserAgent {
                 });
             }
         }
+    }
+
+    /// Asks the far end of an established call to call `refer_to` instead
+    /// (blind transfer, RFC 3515). Progress comes from
+    /// [`Self::poll_refer_event`]; the call itself is untouched, so a
+    /// refused REFER leaves it up for a fallback.
+    pub fn refer(
+        &mut self,
+        now: Instant,
+        call_key: CallKey,
+        refer_to: &Uri,
+        referred_by: Option<&str>,
+    ) -> Result<(), UaError> {
+        let confirmed = self
+            .calls
+            .get(&call_key)
+            .is_some_and(|c| c.state == CallState::Confirmed);
+        if !confirmed {
+            return Err(UaError::NotEstablished);
+        }
+        let Some((mut refer, peer)) = self.build_in_dialog_request(call_key, Method::Refer) else {
+            return Err(UaError::NotEstablished);
+        };
+        refer.headers.push("Refer-To", format!("<{refer_to}>"));
+        if let Some(by) = referred_by.filter(|b| is_safe_extra_header("Referred-By", b)) {
+            refer.headers.push("Referred-By", by.to_owned());
+        }
+        refer
+            .headers
+            .push("Contact", self.contact_for(peer.transport));
+        let id = self.tx.send_request(now, refer, peer)?;
+        self.client_txs.insert(id, (call_key, ClientPurpose::Refer));
+        Ok(())
     }
 
     /// Places a call (UAC). Progress comes from [`Self::poll_outbound_event`].
@@ -1945,6 +2114,94 @@ Content-Length: {}\r\n\r\n{body}",
         );
         assert_eq!(requests(&mut ua).pop().unwrap().0.method, Method::Ack);
         assert_eq!(ua.call_count(), 0);
+    }
+
+    #[test]
+    fn register_is_405_without_registrar_and_challenged_with_one() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let register = "REGISTER sip:192.0.2.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.50:5090;branch=z9hG4bKreg1;rport\r\n\
+From: <sip:agent1@192.0.2.1>;tag=r1\r\n\
+To: <sip:agent1@192.0.2.1>\r\n\
+Call-ID: reg-ua-1\r\n\
+CSeq: 1 REGISTER\r\n\
+Contact: <sip:agent1@192.0.2.50:5090>\r\n\
+Content-Length: 0\r\n\r\n";
+        let phone = Peer::udp("192.0.2.50:5090".parse().unwrap());
+        ua.handle_datagram(now, register.as_bytes(), phone);
+        assert_eq!(statuses(&mut ua), vec![405]);
+        ua.set_registrar(Some(Registrar::new(
+            crate::sip::auth::RegistrarConfig::default(),
+            [1; 32],
+            now,
+        )));
+        ua.handle_datagram(
+            now,
+            register.replace("z9hG4bKreg1", "z9hG4bKreg2").as_bytes(),
+            phone,
+        );
+        let challenge = responses(&mut ua).pop().unwrap();
+        assert_eq!(challenge.status, 401);
+        assert!(challenge.headers.to().unwrap().tag().is_some());
+        assert!(challenge.headers.get("WWW-Authenticate").is_some());
+        assert!(ua.poll_event().is_none());
+    }
+
+    #[test]
+    fn refer_on_answered_call_reports_response_and_notify() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let target = Uri::parse("sip:desk@192.0.2.99").unwrap();
+        let (call, tag) = offered_call(&mut ua, now, "rf1");
+        assert_eq!(
+            ua.refer(now, call, &target, None),
+            Err(UaError::NotEstablished)
+        );
+        ua.answer(now, call, "v=0".to_owned());
+        while ua.poll_transmit().is_some() {}
+        ua.handle_datagram(
+            now,
+            in_dialog("ACK", "rf1", &tag, 1, "z9hG4bKrfack", "").as_bytes(),
+            caller(),
+        );
+        assert_eq!(ua.poll_event(), Some(SipEvent::Acked { call }));
+        ua.refer(now, call, &target, Some("<sip:frontdoor@192.0.2.1>"))
+            .unwrap();
+        let (refer, peer) = requests(&mut ua).pop().unwrap();
+        assert_eq!(refer.method, Method::Refer);
+        assert_eq!(peer, caller());
+        assert_eq!(refer.headers.get("Refer-To"), Some("<sip:desk@192.0.2.99>"));
+        assert!(refer.headers.contact().is_some());
+        let accepted = Response::for_request(&refer, 202, "Accepted", None);
+        ua.handle_datagram(now, &accepted.to_bytes(), caller());
+        assert_eq!(
+            ua.poll_refer_event(),
+            Some(ReferEvent::Answered {
+                call,
+                status: Some(202)
+            })
+        );
+        let notify = in_dialog("NOTIFY", "rf1", &tag, 2, "z9hG4bKnot", "SIP/2.0 200 OK\r\n")
+            .replace(
+                "Content-Length",
+                "Event: refer\r\nSubscription-State: terminated;reason=noresource\r\nContent-Type: message/sipfrag\r\nContent-Length",
+            );
+        ua.handle_datagram(now, notify.as_bytes(), caller());
+        assert_eq!(statuses(&mut ua), vec![200]);
+        assert_eq!(
+            ua.poll_refer_event(),
+            Some(ReferEvent::Notified {
+                call,
+                status: Some(200),
+                terminated: true
+            })
+        );
+        // NOTIFY for another event package is not ours.
+        let other = in_dialog("NOTIFY", "rf1", &tag, 3, "z9hG4bKnot2", "")
+            .replace("Content-Length", "Event: presence\r\nContent-Length");
+        ua.handle_datagram(now, other.as_bytes(), caller());
+        assert_eq!(statuses(&mut ua), vec![489]);
     }
 
     #[test]

@@ -1,0 +1,301 @@
+//! The `[handoff]` section of `config.toml`: agents, their credentials and
+//! the queues that ring them.
+//!
+//! ```toml
+//! [handoff]
+//! realm = "frontdoor"                   # digest realm agents' phones see
+//! digest_algorithms = ["MD5"]          # or ["SHA-256", "MD5"], see below
+//! wrap_up_secs = 10                     # after a call, before the next
+//! default_queue = "general"             # for transfers naming no queue
+//!
+//! [[handoff.agent]]
+//! id = "agent1"                         # SIP user the phone registers as
+//! password_env = "FRONTDOOR_AGENT1_PASSWORD"   # or password = "..."
+//!
+//! [[handoff.agent]]
+//! id = "out-of-hours"
+//! uri = "sip:2000@192.0.2.40:5060"      # external: needs no registration
+//!
+//! [[handoff.queue]]
+//! name = "safeguarding"
+//! members = ["agent1", "out-of-hours"]
+//! strategy = "longest_idle"             # or "round_robin", "ring_all"
+//! ring_timeout_secs = 15
+//! max_wait_secs = 300                   # then overflow (never for risk calls)
+//! overflow = "general"                  # another queue; none: give up
+//! hold_music = "prompts/hold.wav"
+//! announce_every_secs = 30              # position in queue
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sip::{AgentAccount, DigestAlgorithm, RegistrarConfig, Secret};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffSection {
+    pub realm: String,
+    /// Challenges offered, most preferred first. MD5 alone by default:
+    /// baresip 1.0 (libre) fails registration outright ("Function not
+    /// implemented") when any challenge names SHA-256, even after an MD5
+    /// one. Add "SHA-256" first once every agent phone supports RFC 8760.
+    pub digest_algorithms: Vec<String>,
+    pub nonce_ttl_secs: u64,
+    pub min_expires_secs: u64,
+    pub max_expires_secs: u64,
+    pub default_expires_secs: u64,
+    /// Wrong digest answers before a user+address is refused with 403.
+    pub max_auth_failures: u32,
+    pub lockout_secs: u64,
+    pub wrap_up_secs: u64,
+    pub default_queue: Option<String>,
+    pub agent: Vec<AgentSpec>,
+    pub queue: Vec<QueueSpec>,
+}
+
+impl Default for HandoffSection {
+    fn default() -> Self {
+        HandoffSection {
+            realm: "frontdoor".into(),
+            digest_algorithms: vec!["MD5".into()],
+            nonce_ttl_secs: 300,
+            min_expires_secs: 30,
+            max_expires_secs: 3600,
+            default_expires_secs: 600,
+            max_auth_failures: 3,
+            lockout_secs: 300,
+            wrap_up_secs: 10,
+            default_queue: None,
+            agent: Vec::new(),
+            queue: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub id: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Environment variable holding the password (keeps it out of the file).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A fixed address instead of a registration.
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSpec")
+            .field("id", &self.id)
+            .field("uri", &self.uri)
+            .field("password_env", &self.password_env)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RingStrategy {
+    /// The available agent who finished a call longest ago.
+    #[default]
+    LongestIdle,
+    /// Members in turn, starting after the one rung last.
+    RoundRobin,
+    /// Every available member at once; the first to answer takes it.
+    RingAll,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub name: String,
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub strategy: RingStrategy,
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout_secs: f64,
+    #[serde(default)]
+    pub max_wait_secs: Option<u64>,
+    #[serde(default)]
+    pub overflow: Option<String>,
+    #[serde(default)]
+    pub hold_music: Option<PathBuf>,
+    #[serde(default = "default_announce")]
+    pub announce_every_secs: u64,
+}
+
+fn default_ring_timeout() -> f64 {
+    15.0
+}
+
+fn default_announce() -> u64 {
+    30
+}
+
+impl QueueSpec {
+    pub fn ring_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.ring_timeout_secs.clamp(1.0, 300.0))
+    }
+}
+
+impl HandoffSection {
+    /// The configuration is consistent: every queue member is an agent,
+    /// overflows name queues, agents have a password or an address.
+    pub fn validate(&self) -> Result<(), String> {
+        for algorithm in &self.digest_algorithms {
+            if DigestAlgorithm::parse(algorithm).is_none() {
+                return Err(format!(
+                    "handoff.digest_algorithms: {algorithm:?} is neither \"SHA-256\" nor \"MD5\""
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for agent in &self.agent {
+            if agent.id.is_empty() || !seen.insert(agent.id.as_str()) {
+                return Err(format!(
+                    "handoff.agent: id {:?} is empty or repeated",
+                    agent.id
+                ));
+            }
+            let has_password = agent.password.is_some() || agent.password_env.is_some();
+            if has_password == agent.uri.is_some() {
+                return Err(format!(
+                    "handoff.agent {:?}: give either a password (password or password_env) or a uri",
+                    agent.id
+                ));
+            }
+            if let Some(uri) = &agent.uri
+                && crate::sip::message::Uri::parse(uri).map_or(true, |u| !u.is_sip())
+            {
+                return Err(format!(
+                    "handoff.agent {:?}: uri {uri:?} is not a sip: URI",
+                    agent.id
+                ));
+            }
+        }
+        let queues: std::collections::HashSet<&str> =
+            self.queue.iter().map(|q| q.name.as_str()).collect();
+        for queue in &self.queue {
+            if let Some(unknown) = queue.members.iter().find(|m| !seen.contains(m.as_str())) {
+                return Err(format!(
+                    "handoff.queue {:?}: member {unknown:?} is not a handoff.agent",
+                    queue.name
+                ));
+            }
+            if let Some(overflow) = &queue.overflow
+                && !queues.contains(overflow.as_str())
+            {
+                return Err(format!(
+                    "handoff.queue {:?}: overflow {overflow:?} is not a queue",
+                    queue.name
+                ));
+            }
+        }
+        if let Some(default) = &self.default_queue
+            && !queues.contains(default.as_str())
+        {
+            return Err(format!("handoff.default_queue {default:?} is not a queue"));
+        }
+        Ok(())
+    }
+
+    /// The registrar's settings, with passwords read from the environment
+    /// where configured. An unset variable leaves that agent unable to
+    /// register (and says so), rather than registering without a password.
+    pub fn registrar_config(&self) -> RegistrarConfig {
+        let accounts = self
+            .agent
+            .iter()
+            .filter(|a| a.uri.is_none())
+            .filter_map(|a| {
+                let password = match (&a.password, &a.password_env) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, Some(var)) => std::env::var(var).ok().filter(|p| !p.is_empty()),
+                    (None, None) => None,
+                };
+                if password.is_none() {
+                    tracing::warn!(agent = %a.id, "no password available; this agent cannot register");
+                }
+                password.map(|p| AgentAccount {
+                    user: a.id.clone(),
+                    password: Secret::new(p),
+                })
+            })
+            .collect();
+        RegistrarConfig {
+            realm: self.realm.clone(),
+            accounts,
+            algorithms: self
+                .digest_algorithms
+                .iter()
+                .filter_map(|a| DigestAlgorithm::parse(a))
+                .collect(),
+            nonce_ttl: Duration::from_secs(self.nonce_ttl_secs),
+            min_expires: Duration::from_secs(self.min_expires_secs),
+            max_expires: Duration::from_secs(self.max_expires_secs),
+            default_expires: Duration::from_secs(self.default_expires_secs),
+            max_failures: self.max_auth_failures.max(1),
+            failure_window: Duration::from_secs(self.lockout_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates_the_documented_example() {
+        let text = r#"
+realm = "council"
+digest_algorithms = ["SHA-256", "MD5"]
+default_queue = "general"
+[[agent]]
+id = "agent1"
+password = "pw"
+[[agent]]
+id = "pbx"
+uri = "sip:2000@192.0.2.40:5060"
+[[queue]]
+name = "general"
+members = ["agent1", "pbx"]
+strategy = "ring_all"
+[[queue]]
+name = "safeguarding"
+members = ["agent1"]
+overflow = "general"
+max_wait_secs = 120
+"#;
+        let section: HandoffSection = toml::from_str(text).unwrap();
+        section.validate().unwrap();
+        assert_eq!(section.queue[0].strategy, RingStrategy::RingAll);
+        assert_eq!(section.queue[1].ring_timeout(), Duration::from_secs(15));
+        let registrar = section.registrar_config();
+        assert_eq!(registrar.accounts.len(), 1);
+        assert_eq!(registrar.algorithms.len(), 2);
+        assert!(!format!("{section:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn rejects_inconsistent_sections() {
+        let bad = [
+            "[[queue]]\nname='q'\nmembers=['nobody']",
+            "[[agent]]\nid='a'",
+            "[[agent]]\nid='a'\npassword='p'\nuri='sip:x@192.0.2.1'",
+            "[[agent]]\nid='a'\nuri='http://x'",
+            "digest_algorithms=['SHA-512']",
+            "default_queue='missing'",
+            "[[agent]]\nid='a'\npassword='p'\n[[queue]]\nname='q'\nmembers=['a']\noverflow='nope'",
+        ];
+        for text in bad {
+            let section: HandoffSection = toml::from_str(text).unwrap();
+            assert!(section.validate().is_err(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Who the agents are, whether they can take a call, and where their
+//! phones are. Behind a trait so that several engine nodes can later share
+//! one PostgreSQL-backed directory; claiming an agent is a compare-and-set
+//! (`UPDATE ... WHERE state = 'available'`), which is what makes two nodes
+//! never ring the same agent for two callers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::sip::peer::Peer;
+
+/// A boxed future, so the trait stays object-safe for `Arc<dyn AgentDirectory>`.
+pub type DirectoryFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Offline,
+    Available,
+    Ringing,
+    OnCall,
+    /// Just finished a call: writing notes, not yet offered another.
+    WrapUp,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Offline => "offline",
+            AgentState::Available => "available",
+            AgentState::Ringing => "ringing",
+            AgentState::OnCall => "on_call",
+            AgentState::WrapUp => "wrap_up",
+        }
+    }
+}
+
+/// Where to send an agent's INVITE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentContact {
+    /// Request-URI: the registered Contact or the configured address.
+    pub uri: String,
+    pub destination: Peer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub id: String,
+    pub state: AgentState,
+    pub contact: Option<AgentContact>,
+    /// When the agent entered `state`; longest-idle ringing uses it.
+    pub since: DateTime<Utc>,
+}
+
+pub trait AgentDirectory: Send + Sync {
+    /// The agent's phone registered (or refreshed) at `contact`. An agent
+    /// that was offline becomes available; one on a call stays on it.
+    fn registered(&self, agent: &str, contact: AgentContact) -> DirectoryFuture<'_, ()>;
+    /// The registration ended: offline now, or after the current call.
+    fn unregistered(&self, agent: &str) -> DirectoryFuture<'_, ()>;
+    /// The given agents' current status, in the order asked (unknown
+    /// agents are left out).
+    fn statuses<'a>(&'a self, agents: &'a [String]) -> DirectoryFuture<'a, Vec<AgentStatus>>;
+    /// Moves the agent from `from` to `to` only if it is in `from`;
+    /// true when it moved.
+    fn transition<'a>(
+        &'a self,
+        agent: &'a str,
+        from: AgentState,
+        to: AgentState,
+    ) -> DirectoryFuture<'a, bool>;
+    /// Sets the state unconditionally (an agent's own change, e.g. from the
+    /// dashboard). Going `Available` without a contact means `Offline`.
+    fn set_state<'a>(&'a self, agent: &'a str, to: AgentState) -> DirectoryFuture<'a, ()>;
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: AgentState,
+    contact: Option<AgentContact>,
+    since: DateTime<Utc>,
+    /// Configured addresses (a PBX, a hunt group) need no registration.
+    fixed_contact: bool,
+}
+
+/// The single-node directory: a mutex-guarded map, never held across an await.
+#[derive(Debug, Default)]
+pub struct InMemoryDirectory {
+    agents: Mutex<HashMap<String, Entry>>,
+}
+
+impl InMemoryDirectory {
+    pub fn new() -> InMemoryDirectory {
+        InMemoryDirectory::default()
+    }
+
+    /// Declares an agent; one with a fixed contact (external address) is
+    /// available at once, others wait for their phone to register.
+    pub fn add_agent(&self, agent: &str, fixed_contact: Option<AgentContact>) {
+        let fixed = fixed_contact.is_some();
+        self.agents.lock().insert(
+            agent.to_owned(),
+            Entry {
+                state: if fixed {
+                    AgentState::Available
+                } else {
+                    AgentState::Offline
+                },
+                contact: fixed_contact,
+                since: Utc::now(),
+                fixed_contact: fixed,
+            },
+        );
+    }
+
+    pub fn state(&self, agent: &str) -> Option<AgentState> {
+        self.agents.lock().get(agent).map(|e| e.state)
+    }
+}
+
+fn set(entry: &mut Entry, state: AgentState) {
+    if entry.state != state {
+        entry.state = state;
+        entry.since = Utc::now();
+    }
+}
+
+impl AgentDirectory for InMemoryDirectory {
+    fn registered(&self, agent: &str, contact: AgentContact) -> DirectoryFuture<'_, ()> {
+        let mut agents = self.agents.lock();
+        if let Some(entry) = agents.get_mut(agent)
+            && !entry.fixed_contact
+        {
+            entry.contact = Some(contact);
+            if entry.state == AgentState::Offline {
+                set(entry, AgentState::Available);
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn unregistered(&self, agent: &str) -> DirectoryFuture<'_, ()> {
+        let mut agents = self.agents.lock();
+        if let Some(entry) = agents.get_mut(agent)
+            && !entry.fixed_contact
+        {
+            entry.contact = None;
+            if matches!(entry.state, AgentState::Available | AgentState::WrapUp) {
+                set(entry, AgentState::Offline);
+            }
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn statuses<'a>(&'a self, agents: &'a [String]) -> DirectoryFuture<'a, Vec<AgentStatus>> {
+        let table = self.agents.lock();
+        let out = agents
+            .iter()
+            .filter_map(|id| {
+                table.get(id).map(|e| AgentStatus {
+                    id: id.clone(),
+                    state: e.state,
+                    contact: e.contact.clone(),
+                    since: e.since,
+                })
+            })
+            .collect();
+        Box::pin(std::future::ready(out))
+    }
+
+    fn transition<'a>(
+        &'a self,
+        agent: &'a str,
+        from: AgentState,
+        to: AgentState,
+    ) -> DirectoryFuture<'a, bool> {
+        let mut agents = self.agents.lock();
+        let moved = match agents.get_mut(agent) {
+            Some(entry) if entry.state == from => {
+                let to = if to == AgentState::Available && entry.contact.is_none() {
+                    AgentState::Offline
+                } else {
+                    to
+                };
+                set(entry, to);
+                true
+            }
+            _ => false,
+        };
+        Box::pin(std::future::ready(moved))
+    }
+
+    fn set_state<'a>(&'a self, agent: &'a str, to: AgentState) -> DirectoryFuture<'a, ()> {
+        let mut agents = self.agents.lock();
+        if let Some(entry) = agents.get_mut(agent) {
+            let to = if to == AgentState::Available && entry.contact.is_none() {
+                AgentState::Offline
+            } else {
+                to
+            };
+            set(entry, to);
+        }
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact() -> AgentContact {
+        AgentContact {
+            uri: "sip:a1@192.0.2.5:5090".into(),
+            destination: Peer::udp("192.0.2.5:5090".parse().unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn registration_drives_availability_and_claims_are_exclusive() {
+        let dir = InMemoryDirectory::new();
+        dir.add_agent("a1", None);
+        assert_eq!(dir.state("a1"), Some(AgentState::Offline));
+        // Nobody can claim an offline agent.
+        assert!(
+            !dir.transition("a1", AgentState::Available, AgentState::Ringing)
+                .await
+        );
+        dir.registered("a1", contact()).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Available));
+        assert!(
+            dir.transition("a1", AgentState::Available, AgentState::Ringing)
+                .await
+        );
+        assert!(
+            !dir.transition("a1", AgentState::Available, AgentState::Ringing)
+                .await,
+            "second claim loses"
+        );
+        dir.set_state("a1", AgentState::OnCall).await;
+        // Unregistering mid-call keeps the call; finishing it goes offline.
+        dir.unregistered("a1").await;
+        assert_eq!(dir.state("a1"), Some(AgentState::OnCall));
+        dir.set_state("a1", AgentState::Available).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Offline));
+        let statuses = dir.statuses(&["a1".into(), "ghost".into()]).await;
+        assert_eq!(statuses.len(), 1);
+        assert!(statuses[0].contact.is_none());
+    }
+
+    #[tokio::test]
+    async fn fixed_contacts_are_available_without_registration() {
+        let dir = InMemoryDirectory::new();
+        dir.add_agent("pbx", Some(contact()));
+        assert_eq!(dir.state("pbx"), Some(AgentState::Available));
+        dir.unregistered("pbx").await;
+        assert_eq!(dir.state("pbx"), Some(AgentState::Available));
+    }
+}

@@ -1,0 +1,1118 @@
+//! [`Handoff`]: from "this caller needs a person" to a caller talking with
+//! an agent who already knows why.
+//!
+//! Bridged transfer (the default): the caller's leg stays where it is; the
+//! caller waits in a queue hearing hold audio and their position; agents
+//! are rung by the queue's strategy with an INVITE whose display name and
+//! `Subject` carry the reason; the agent who answers first hears a spoken
+//! summary; then 20 ms frames pass both ways through Frontdoor, and both
+//! legs are recorded. Risk calls go to the front and are never given up on.
+//!
+//! Everything here is cancel-safe: the call task drops the future when the
+//! caller hangs up, and the [`LegGuard`] then hangs up any agent leg and
+//! frees the agents.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::config::{HandoffSection, QueueSpec, RingStrategy};
+use super::directory::{AgentContact, AgentDirectory, AgentState, InMemoryDirectory};
+use super::queue::{WaitingList, ring_order};
+use crate::answer::{Priority, TransferReason};
+use crate::call::CallMedia;
+use crate::call::assistant::CallLog;
+use crate::events::CallEvent;
+use crate::media::{
+    self, CallRecorder, FRAME_SAMPLES, MediaCapabilities, MediaConfig, MediaEvent, MediaStream,
+    PortAllocator,
+};
+use crate::sip::message::Uri;
+use crate::sip::peer::{Peer, Transport};
+use crate::sip::{
+    CallKey, OutboundEvent, OutgoingInvite, ReferEvent, RegistrationEvent, SipHandle,
+};
+use crate::store::AuditEntry;
+
+/// Synthesised audio, when it arrives.
+pub type SpeechFuture<'a> = Pin<Box<dyn Future<Output = Option<Arc<[i16]>>> + Send + 'a>>;
+
+/// Speech for announcements and the agent's summary (Piper in production).
+pub trait Announcer: Send + Sync {
+    /// 8 kHz mono audio of `text`, or `None` if it cannot be synthesised.
+    fn speak<'a>(&'a self, text: &'a str) -> SpeechFuture<'a>;
+}
+
+impl Announcer for crate::speech::TtsWorkerPool {
+    fn speak<'a>(&'a self, text: &'a str) -> SpeechFuture<'a> {
+        Box::pin(async move {
+            let mut stream = self.speak(text).await.ok()?;
+            let mut samples = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.ok()?;
+                if chunk.sample_rate != media::SAMPLE_RATE {
+                    return None;
+                }
+                samples.extend_from_slice(&chunk.samples);
+            }
+            (!samples.is_empty()).then(|| Arc::from(samples))
+        })
+    }
+}
+
+/// What the engine gives the hand-off service once at start-up.
+pub struct HandoffDeps {
+    pub sip: SipHandle,
+    pub ports: PortAllocator,
+    pub media: MediaConfig,
+    pub caps: MediaCapabilities,
+    /// Address for our SDP towards agents.
+    pub local_ip: IpAddr,
+    /// Agent legs are recorded here as `<call id>-agent-<agent>.wav`.
+    pub recordings_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum HandoffError {
+    #[error("handoff configuration: {0}")]
+    Config(String),
+    #[error("hold music {path}: {reason}")]
+    HoldMusic { path: PathBuf, reason: String },
+}
+
+/// Why and how urgently a caller needs a person, and what the agent should
+/// hear before speaking.
+#[derive(Debug, Clone)]
+pub struct TransferRequest {
+    /// Frontdoor's call id (the record's id).
+    pub call_id: String,
+    pub reason: TransferReason,
+    pub priority: Priority,
+    /// From the governance category; `None`: the default queue.
+    pub queue: Option<String>,
+    /// One or two sentences for the agent: what the caller wants, details.
+    pub summary: String,
+    /// The conversation so far, for the record.
+    pub transcript: Vec<String>,
+    /// Spoken to a risk caller when no agent is free (safeguarding
+    /// configuration's message); they stay queued afterwards.
+    pub safety_message: Option<String>,
+}
+
+impl TransferRequest {
+    /// Risk calls are never given up on: no maximum wait, no overflow exit.
+    pub fn is_risk(&self) -> bool {
+        matches!(
+            self.reason,
+            TransferReason::Emergency | TransferReason::Distress | TransferReason::Safeguarding
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The caller talked with `agent`; the agent hung up first.
+    Completed { agent: String, talk: Duration },
+    /// The caller's media ended (hung up, or no RTP) while queued or bridged.
+    CallerGone,
+    /// A routine call waited the queue's maximum and no overflow was left;
+    /// the caller is still on the line for the dialplan to take a message.
+    NoAgent { waited: Duration },
+    /// The far end accepted a blind transfer: Frontdoor may hang up.
+    Referred,
+    /// No queue is configured for this transfer.
+    NotConfigured,
+}
+
+struct QueueRuntime {
+    spec: QueueSpec,
+    waiting: Mutex<WaitingList>,
+    cursor: Mutex<usize>,
+    hold: Arc<[i16]>,
+}
+
+struct Inner {
+    deps: HandoffDeps,
+    section: HandoffSection,
+    directory: Arc<dyn AgentDirectory>,
+    queues: HashMap<String, QueueRuntime>,
+    /// Woken whenever an agent may have become free.
+    agent_freed: Notify,
+}
+
+/// Shared by every call; cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    inner: Arc<Inner>,
+}
+
+/// How often a waiting caller re-checks agents even without a wake-up
+/// (another node's directory changes, a missed notification).
+const RECHECK: Duration = Duration::from_millis(500);
+/// Longest a blind transfer may take before falling back.
+const REFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the summary read to the agent.
+const MAX_SUMMARY_CHARS: usize = 600;
+
+impl Handoff {
+    /// Builds the service, starts the registrar on `deps.sip` and follows
+    /// registrations. Uses the in-memory directory.
+    pub fn start(section: HandoffSection, deps: HandoffDeps) -> Result<Handoff, HandoffError> {
+        let directory = Arc::new(InMemoryDirectory::new());
+        for agent in &section.agent {
+            let fixed = agent.uri.as_deref().and_then(fixed_contact);
+            directory.add_agent(&agent.id, fixed);
+        }
+        Handoff::with_directory(section, deps, directory)
+    }
+
+    /// As [`Self::start`] with another directory (e.g. a shared one); its
+    /// agents must already be declared.
+    pub fn with_directory(
+        section: HandoffSection,
+        deps: HandoffDeps,
+        directory: Arc<dyn AgentDirectory>,
+    ) -> Result<Handoff, HandoffError> {
+        section.validate().map_err(HandoffError::Config)?;
+        let mut queues = HashMap::new();
+        for spec in &section.queue {
+            let hold = match &spec.hold_music {
+                Some(path) => media::load_prompt(path).map_err(|e| HandoffError::HoldMusic {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+                None => default_hold_tone(),
+            };
+            queues.insert(
+                spec.name.clone(),
+                QueueRuntime {
+                    spec: spec.clone(),
+                    waiting: Mutex::new(WaitingList::default()),
+                    cursor: Mutex::new(0),
+                    hold,
+                },
+            );
+        }
+        let has_registering_agents = section.agent.iter().any(|a| a.uri.is_none());
+        let registrations = deps.sip.registrations();
+        if has_registering_agents {
+            deps.sip.set_registrar(Some(section.registrar_config()));
+        }
+        let inner = Arc::new(Inner {
+            deps,
+            section,
+            directory,
+            queues,
+            agent_freed: Notify::new(),
+        });
+        tokio::spawn(follow_registrations(Arc::downgrade(&inner), registrations));
+        Ok(Handoff { inner })
+    }
+
+    pub fn directory(&self) -> &Arc<dyn AgentDirectory> {
+        &self.inner.directory
+    }
+
+    /// Callers waiting in `queue` now.
+    pub fn waiting(&self, queue: &str) -> usize {
+        self.inner
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.waiting.lock().len())
+    }
+
+    /// Bridged transfer: queues the caller, rings agents, plays the agent a
+    /// summary and bridges the legs until one side hangs up. `call` is the
+    /// caller's media (its recording keeps running and holds both voices).
+    pub async fn transfer(
+        &self,
+        call: &mut CallMedia,
+        request: TransferRequest,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+    ) -> TransferOutcome {
+        let Some(mut queue_name) = self.queue_for(&request) else {
+            audit(log, "handoff_unavailable", "no queue configured".into()).await;
+            return TransferOutcome::NotConfigured;
+        };
+        let started = Instant::now();
+        audit(
+            log,
+            "handoff_requested",
+            format!(
+                "reason={} priority={:?} queue={queue_name} summary={:?}",
+                request.reason.as_str(),
+                request.priority,
+                request.summary
+            ),
+        )
+        .await;
+        log.store
+            .call_event(
+                log.call_id,
+                "transfer",
+                serde_json::json!({
+                    "reason": request.reason.as_str(),
+                    "priority": request.priority,
+                    "queue": queue_name,
+                    "summary": request.summary,
+                    "transcript": request.transcript,
+                })
+                .to_string(),
+            )
+            .await;
+        loop {
+            let outcome = self
+                .serve_in_queue(call, &request, &queue_name, log, speech, started)
+                .await;
+            match outcome {
+                QueueOutcome::Done(outcome) => return outcome,
+                QueueOutcome::Overflow => {
+                    let next = self
+                        .inner
+                        .queues
+                        .get(&queue_name)
+                        .and_then(|q| q.spec.overflow.clone());
+                    match next {
+                        Some(next) if next != queue_name => {
+                            audit(log, "handoff_overflow", format!("{queue_name} -> {next}")).await;
+                            queue_name = next;
+                        }
+                        _ => {
+                            audit(log, "handoff_no_agent", format!("queue {queue_name}")).await;
+                            return TransferOutcome::NoAgent {
+                                waited: started.elapsed(),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blind transfer by REFER (RFC 3515) of the caller's SIP call to
+    /// `target`. When the far end refuses or the transfer fails, falls
+    /// back to the bridged [`Self::transfer`].
+    pub async fn blind_transfer(
+        &self,
+        caller: CallKey,
+        target: &str,
+        call: &mut CallMedia,
+        request: TransferRequest,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+    ) -> TransferOutcome {
+        match self.refer(caller, target, log).await {
+            Ok(()) => TransferOutcome::Referred,
+            Err(why) => {
+                audit(
+                    log,
+                    "refer_failed",
+                    format!("{target}: {why}; falling back to bridged transfer"),
+                )
+                .await;
+                self.transfer(call, request, log, speech).await
+            }
+        }
+    }
+
+    async fn refer(&self, caller: CallKey, target: &str, log: &CallLog<'_>) -> Result<(), String> {
+        let uri = Uri::parse(target).map_err(|e| format!("bad target: {e:?}"))?;
+        let mut events = self
+            .inner
+            .deps
+            .sip
+            .refer(caller, uri, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        audit(log, "refer_sent", target.to_owned()).await;
+        let deadline = tokio::time::sleep(REFER_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = &mut deadline => return Err("no outcome in time".into()),
+            };
+            match event {
+                None => return Err("the call ended".into()),
+                Some(ReferEvent::Answered { status, .. }) => match status {
+                    Some(s) if (200..300).contains(&s) => {}
+                    Some(s) => return Err(format!("REFER refused with {s}")),
+                    None => return Err("no answer to REFER".into()),
+                },
+                Some(ReferEvent::Notified {
+                    status, terminated, ..
+                }) => match status {
+                    Some(s) if (200..300).contains(&s) => {
+                        audit(log, "refer_completed", format!("{target} answered {s}")).await;
+                        return Ok(());
+                    }
+                    Some(s) if s >= 300 => return Err(format!("transfer target answered {s}")),
+                    _ if terminated => return Err("subscription ended without success".into()),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn queue_for(&self, request: &TransferRequest) -> Option<String> {
+        let queues = &self.inner.queues;
+        request
+            .queue
+            .clone()
+            .filter(|q| queues.contains_key(q))
+            .or_else(|| self.inner.section.default_queue.clone())
+            .or_else(|| self.inner.section.queue.first().map(|q| q.name.clone()))
+    }
+
+    async fn serve_in_queue(
+        &self,
+        call: &mut CallMedia,
+        request: &TransferRequest,
+        queue_name: &str,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+        started: Instant,
+    ) -> QueueOutcome {
+        let Some(queue) = self.inner.queues.get(queue_name) else {
+            return QueueOutcome::Done(TransferOutcome::NotConfigured);
+        };
+        let ticket = queue.waiting.lock().join(request.priority);
+        let _seat = Seat { queue, ticket };
+        publish_state(log, "queued");
+        let entered = Instant::now();
+        let mut hold = Hold::new(queue.hold.clone());
+        hold.resume(call);
+        let announce_every = Duration::from_secs(queue.spec.announce_every_secs.max(5));
+        let mut next_announcement = Instant::now() + announce_every;
+        let mut safety_said = false;
+        let mut failed_agents: Vec<String> = Vec::new();
+        loop {
+            if queue.waiting.lock().may_ring(ticket) {
+                let order = self.candidates(queue, &failed_agents).await;
+                if !order.is_empty() {
+                    queue.waiting.lock().set_ringing(ticket, true);
+                    let attempt = self
+                        .ring(call, request, queue, &order, log, speech, &mut hold)
+                        .await;
+                    queue.waiting.lock().set_ringing(ticket, false);
+                    match attempt {
+                        Attempt::Connected(outcome) => return QueueOutcome::Done(outcome),
+                        Attempt::CallerGone => {
+                            return QueueOutcome::Done(TransferOutcome::CallerGone);
+                        }
+                        Attempt::NoAnswer(agents) => {
+                            failed_agents.extend(agents);
+                            // Everyone tried once: start the round again.
+                            if failed_agents.len() >= queue.spec.members.len() {
+                                failed_agents.clear();
+                            }
+                            hold.resume(call);
+                            continue;
+                        }
+                    }
+                }
+            }
+            // Nobody to ring now: a risk caller is told how to get help at
+            // once and then keeps their place.
+            if request.is_risk() && !safety_said {
+                safety_said = true;
+                if let (Some(text), Some(speech)) = (&request.safety_message, speech) {
+                    hold.announce(call, speech.speak(text).await);
+                }
+                audit(
+                    log,
+                    "handoff_waiting_risk",
+                    "no agent free; safety message played, caller stays queued".into(),
+                )
+                .await;
+            }
+            if let Some(max) = queue.spec.max_wait_secs
+                && !request.is_risk()
+                && entered.elapsed() >= Duration::from_secs(max)
+            {
+                hold.stop(call);
+                return QueueOutcome::Overflow;
+            }
+            if Instant::now() >= next_announcement {
+                next_announcement = Instant::now() + announce_every;
+                let position = queue.waiting.lock().position(ticket).unwrap_or(1);
+                if let Some(speech) = speech {
+                    let text = format!(
+                        "You are number {position} in the queue. Please stay on the line; someone will be with you as soon as possible."
+                    );
+                    hold.announce(call, speech.speak(&text).await);
+                }
+                info!(queue = %queue.spec.name, position, waited_s = started.elapsed().as_secs(), "caller still queued");
+            }
+            let wait = tokio::time::sleep(RECHECK);
+            tokio::pin!(wait);
+            let freed = self.inner.agent_freed.notified();
+            tokio::pin!(freed);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = &mut freed => break,
+                    event = call.events.recv() => {
+                        if !hold.on_caller_event(call, event) {
+                            return QueueOutcome::Done(TransferOutcome::CallerGone);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn candidates(&self, queue: &QueueRuntime, skip: &[String]) -> Vec<String> {
+        let statuses = self.inner.directory.statuses(&queue.spec.members).await;
+        let cursor = *queue.cursor.lock();
+        ring_order(
+            queue.spec.strategy,
+            &queue.spec.members,
+            &statuses,
+            cursor,
+            skip,
+        )
+    }
+
+    /// One attempt: the first agent of `order` (all of them for ring-all)
+    /// that can be claimed is rung until the ring timeout.
+    #[allow(clippy::too_many_arguments)]
+    async fn ring(
+        &self,
+        call: &mut CallMedia,
+        request: &TransferRequest,
+        queue: &QueueRuntime,
+        order: &[String],
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+        hold: &mut Hold,
+    ) -> Attempt {
+        let directory = &self.inner.directory;
+        let wanted = if queue.spec.strategy == RingStrategy::RingAll {
+            order.len()
+        } else {
+            1
+        };
+        let mut guard = LegGuard::new(self.inner.clone());
+        let (merged_tx, mut merged) = mpsc::channel::<(usize, OutboundEvent)>(64);
+        for agent in order {
+            if guard.legs.len() >= wanted {
+                break;
+            }
+            if !directory
+                .transition(agent, AgentState::Available, AgentState::Ringing)
+                .await
+            {
+                continue;
+            }
+            guard.claimed.push(agent.clone());
+            if let Some(index) = queue.spec.members.iter().position(|m| m == agent) {
+                *queue.cursor.lock() = index;
+            }
+            let statuses = directory.statuses(std::slice::from_ref(agent)).await;
+            let Some(contact) = statuses.into_iter().next().and_then(|s| s.contact) else {
+                continue;
+            };
+            match self.place_call(agent, &contact, request).await {
+                Ok((key, stream, events)) => {
+                    let index = guard.legs.len();
+                    guard.legs.push(Leg {
+                        agent: agent.clone(),
+                        key,
+                        stream: Some(stream),
+                        live: true,
+                    });
+                    tokio::spawn(forward_leg_events(index, events, merged_tx.clone()));
+                    info!(agent = %agent, "ringing agent");
+                }
+                Err(why) => warn!(agent = %agent, %why, "cannot call agent"),
+            }
+        }
+        drop(merged_tx);
+        if guard.legs.is_empty() {
+            return Attempt::NoAnswer(guard.claimed.clone());
+        }
+        publish_state(log, "ringing_agent");
+        let deadline = tokio::time::sleep(queue.spec.ring_timeout());
+        tokio::pin!(deadline);
+        let (winner, answer_sdp) = loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    info!("no agent answered in time");
+                    return Attempt::NoAnswer(guard.claimed.clone());
+                }
+                event = call.events.recv() => {
+                    if !hold.on_caller_event(call, event) {
+                        return Attempt::CallerGone;
+                    }
+                }
+                event = merged.recv() => match event {
+                    None => return Attempt::NoAnswer(guard.claimed.clone()),
+                    Some((index, OutboundEvent::Answered { sdp, .. })) => break (index, sdp),
+                    Some((index, OutboundEvent::Failed { status, .. })) => {
+                        if let Some(leg) = guard.legs.get_mut(index) {
+                            leg.live = false;
+                            info!(agent = %leg.agent, ?status, "agent did not take the call");
+                        }
+                        if guard.legs.iter().all(|l| !l.live) {
+                            return Attempt::NoAnswer(guard.claimed.clone());
+                        }
+                    }
+                    Some(_) => {}
+                },
+            }
+        };
+        // Ring-all: the others stop ringing now.
+        for (index, leg) in guard.legs.iter_mut().enumerate() {
+            if index != winner && leg.live {
+                self.inner.deps.sip.hangup(leg.key);
+                leg.live = false;
+            }
+        }
+        let Some(leg) = guard.legs.get_mut(winner) else {
+            return Attempt::NoAnswer(guard.claimed.clone());
+        };
+        let agent = leg.agent.clone();
+        let negotiated = answer_sdp
+            .as_deref()
+            .map(|sdp| media::sdp::negotiate(sdp, &self.inner.deps.caps));
+        let (Some(Ok(negotiated)), Some(stream)) = (negotiated, leg.stream.take()) else {
+            warn!(agent = %agent, "agent's answer has no usable SDP; hanging up");
+            return Attempt::NoAnswer(vec![agent]);
+        };
+        directory.set_state(&agent, AgentState::OnCall).await;
+        guard.on_call = Some(agent.clone());
+        let recorder = self.agent_recorder(&request.call_id, &agent);
+        let (agent_handle, agent_events) = stream.start(negotiated, recorder);
+        let mut agent_media = CallMedia {
+            handle: agent_handle,
+            events: agent_events,
+        };
+        audit(
+            log,
+            "handoff_answered",
+            format!("agent {agent} answered; reason {}", request.reason.as_str()),
+        )
+        .await;
+
+        // Warm hand-off: the agent hears why before the caller is put through.
+        let summary = summary_text(request);
+        if let Some(audio) = match speech {
+            Some(s) => s.speak(&summary).await,
+            None => None,
+        } {
+            let length = Duration::from_millis(audio.len() as u64 / 8);
+            agent_media.handle.play(audio);
+            let until = tokio::time::sleep(length + Duration::from_secs(2));
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    _ = &mut until => break,
+                    event = agent_media.events.recv() => match event {
+                        Some(MediaEvent::PlaybackFinished) => break,
+                        None => break,
+                        Some(_) => {}
+                    },
+                    event = call.events.recv() => {
+                        if !hold.on_caller_event(call, event) {
+                            return Attempt::CallerGone;
+                        }
+                    }
+                    event = merged.recv() => {
+                        if let Some((i, OutboundEvent::RemoteHangup { .. })) = event && i == winner {
+                            // The agent hung up during the summary: try again.
+                            guard.legs[winner].live = false;
+                            let _ = agent_media.handle.stop().await;
+                            return Attempt::NoAnswer(vec![agent]);
+                        }
+                    }
+                }
+            }
+        }
+        hold.stop(call);
+        publish_state(log, "with_agent");
+        audit(
+            log,
+            "handoff_connected",
+            format!(
+                "bridged to agent {agent} (reason {})",
+                request.reason.as_str()
+            ),
+        )
+        .await;
+        let talk_started = Instant::now();
+        let ended = bridge(call, &mut agent_media, &mut merged, winner).await;
+        let _ = agent_media.handle.stop().await;
+        let talk = talk_started.elapsed();
+        match ended {
+            BridgeEnd::AgentHungUp => {
+                guard.legs[winner].live = false;
+                audit(
+                    log,
+                    "handoff_ended",
+                    format!("agent {agent} hung up after {} s", talk.as_secs()),
+                )
+                .await;
+                Attempt::Connected(TransferOutcome::Completed { agent, talk })
+            }
+            BridgeEnd::CallerGone => {
+                // The guard hangs up the agent leg.
+                audit(log, "handoff_ended", format!("caller left; agent {agent}")).await;
+                Attempt::CallerGone
+            }
+        }
+    }
+
+    async fn place_call(
+        &self,
+        agent: &str,
+        contact: &AgentContact,
+        request: &TransferRequest,
+    ) -> Result<(CallKey, MediaStream, mpsc::Receiver<OutboundEvent>), String> {
+        let deps = &self.inner.deps;
+        let target =
+            Uri::parse(&contact.uri).map_err(|e| format!("contact {}: {e:?}", contact.uri))?;
+        let lease = deps.ports.allocate().ok_or("no free RTP ports")?;
+        let stream = MediaStream::bind(deps.local_ip, lease, deps.media.clone())
+            .await
+            .map_err(|e| format!("cannot bind RTP: {e}"))?;
+        let sdp = media::sdp::build_offer(
+            &deps.caps,
+            deps.local_ip,
+            stream.local_rtp_port(),
+            rand::random::<u32>() as u64,
+            1,
+        );
+        let reason = request.reason.as_str().replace('_', " ");
+        let placed = deps
+            .sip
+            .invite(OutgoingInvite {
+                target,
+                from_user: "frontdoor".to_owned(),
+                // What the agent's phone shows while ringing.
+                from_display: Some(format!("Frontdoor: {reason}")),
+                sdp,
+                destination: contact.destination,
+                extra_headers: vec![
+                    (
+                        "Subject".to_owned(),
+                        format!("Frontdoor transfer: {reason}"),
+                    ),
+                    ("X-Frontdoor-Call-Id".to_owned(), request.call_id.clone()),
+                    (
+                        "X-Frontdoor-Reason".to_owned(),
+                        request.reason.as_str().to_owned(),
+                    ),
+                    ("Priority".to_owned(), sip_priority(request)),
+                ],
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(agent, uri = %contact.uri, "calling agent");
+        Ok((placed.call, stream, placed.events))
+    }
+
+    fn agent_recorder(&self, call_id: &str, agent: &str) -> Option<CallRecorder> {
+        let dir = self.inner.deps.recordings_dir.as_ref()?;
+        let safe: String = agent
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = dir.join(format!("{call_id}-agent-{safe}.wav"));
+        match CallRecorder::create(&path) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), "agent leg not recorded");
+                None
+            }
+        }
+    }
+}
+
+enum QueueOutcome {
+    Done(TransferOutcome),
+    Overflow,
+}
+
+enum Attempt {
+    Connected(TransferOutcome),
+    CallerGone,
+    /// These agents were tried and did not take the call.
+    NoAnswer(Vec<String>),
+}
+
+/// A caller's place in a queue; leaving it is automatic, even when the
+/// transfer future is dropped.
+struct Seat<'q> {
+    queue: &'q QueueRuntime,
+    ticket: u64,
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.queue.waiting.lock().leave(self.ticket);
+    }
+}
+
+struct Leg {
+    agent: String,
+    key: CallKey,
+    stream: Option<MediaStream>,
+    /// Still ringing or connected: must be hung up when we give up.
+    live: bool,
+}
+
+/// Cleans up an attempt however it ends: live legs are hung up (CANCEL
+/// while ringing, BYE once answered) and claimed agents freed.
+struct LegGuard {
+    inner: Arc<Inner>,
+    legs: Vec<Leg>,
+    claimed: Vec<String>,
+    on_call: Option<String>,
+}
+
+impl LegGuard {
+    fn new(inner: Arc<Inner>) -> LegGuard {
+        LegGuard {
+            inner,
+            legs: Vec::new(),
+            claimed: Vec::new(),
+            on_call: None,
+        }
+    }
+}
+
+impl Drop for LegGuard {
+    fn drop(&mut self) {
+        for leg in &self.legs {
+            if leg.live {
+                self.inner.deps.sip.hangup(leg.key);
+            }
+        }
+        let inner = self.inner.clone();
+        let claimed = std::mem::take(&mut self.claimed);
+        let on_call = self.on_call.take();
+        let wrap_up = Duration::from_secs(inner.section.wrap_up_secs);
+        // Directory calls may be I/O; Drop cannot await, so a task finishes.
+        tokio::spawn(async move {
+            for agent in &claimed {
+                if Some(agent) != on_call.as_ref() {
+                    inner
+                        .directory
+                        .transition(agent, AgentState::Ringing, AgentState::Available)
+                        .await;
+                }
+            }
+            inner.agent_freed.notify_waiters();
+            if let Some(agent) = on_call {
+                inner
+                    .directory
+                    .transition(&agent, AgentState::OnCall, AgentState::WrapUp)
+                    .await;
+                tokio::time::sleep(wrap_up).await;
+                inner
+                    .directory
+                    .transition(&agent, AgentState::WrapUp, AgentState::Available)
+                    .await;
+                inner.agent_freed.notify_waiters();
+            }
+        });
+    }
+}
+
+async fn forward_leg_events(
+    index: usize,
+    mut events: mpsc::Receiver<OutboundEvent>,
+    merged: mpsc::Sender<(usize, OutboundEvent)>,
+) {
+    while let Some(event) = events.recv().await {
+        if merged.send((index, event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum BridgeEnd {
+    AgentHungUp,
+    CallerGone,
+}
+
+/// Passes audio and DTMF both ways until one side leaves. Each stream's
+/// recorder already writes what it receives and what it sends, so both legs
+/// are recorded with both voices.
+async fn bridge(
+    caller: &mut CallMedia,
+    agent: &mut CallMedia,
+    legs: &mut mpsc::Receiver<(usize, OutboundEvent)>,
+    winner: usize,
+) -> BridgeEnd {
+    loop {
+        tokio::select! {
+            event = caller.events.recv() => match event {
+                Some(MediaEvent::Audio(frame)) => agent.handle.play(frame_to_samples(&frame)),
+                Some(MediaEvent::Dtmf { digit, duration_ms }) => {
+                    agent.handle.send_dtmf(digit, Duration::from_millis(duration_ms.into()));
+                }
+                Some(MediaEvent::PlaybackFinished) => {}
+                Some(MediaEvent::Inactive { .. }) | None => return BridgeEnd::CallerGone,
+            },
+            event = agent.events.recv() => match event {
+                Some(MediaEvent::Audio(frame)) => caller.handle.play(frame_to_samples(&frame)),
+                Some(MediaEvent::Dtmf { .. }) | Some(MediaEvent::PlaybackFinished) => {}
+                // The agent's media died: treat it as the agent leaving.
+                Some(MediaEvent::Inactive { .. }) | None => return BridgeEnd::AgentHungUp,
+            },
+            event = legs.recv() => match event {
+                Some((i, OutboundEvent::RemoteHangup { .. } | OutboundEvent::HangupComplete { .. })) if i == winner => {
+                    return BridgeEnd::AgentHungUp;
+                }
+                None => return BridgeEnd::AgentHungUp,
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// One frame as a playable chunk: the media API takes shared slices, so a
+/// frame costs one small allocation (50 a second per direction).
+fn frame_to_samples(frame: &[i16; FRAME_SAMPLES]) -> Arc<[i16]> {
+    Arc::from(&frame[..])
+}
+
+/// What the caller hears while waiting: hold audio on a loop, interrupted
+/// by announcements.
+struct Hold {
+    music: Arc<[i16]>,
+    active: bool,
+}
+
+impl Hold {
+    fn new(music: Arc<[i16]>) -> Hold {
+        Hold {
+            music,
+            active: false,
+        }
+    }
+
+    fn resume(&mut self, call: &CallMedia) {
+        self.active = true;
+        if !call.handle.is_playing() {
+            call.handle.play(self.music.clone());
+        }
+    }
+
+    fn announce(&mut self, call: &CallMedia, audio: Option<Arc<[i16]>>) {
+        if let Some(audio) = audio {
+            call.handle.flush();
+            call.handle.play(audio);
+        }
+    }
+
+    fn stop(&mut self, call: &CallMedia) {
+        self.active = false;
+        call.handle.flush();
+    }
+
+    /// Keeps the music going; false when the caller is gone.
+    fn on_caller_event(&mut self, call: &CallMedia, event: Option<MediaEvent>) -> bool {
+        match event {
+            None | Some(MediaEvent::Inactive { .. }) => false,
+            Some(MediaEvent::PlaybackFinished) => {
+                if self.active {
+                    call.handle.play(self.music.clone());
+                }
+                true
+            }
+            Some(_) => true,
+        }
+    }
+}
+
+/// A soft 425 Hz pip every three seconds, so a caller on hold without
+/// configured music never mistakes silence for a dropped call.
+fn default_hold_tone() -> Arc<[i16]> {
+    let rate = media::SAMPLE_RATE as usize;
+    let mut samples = vec![0i16; rate * 3];
+    for (i, sample) in samples.iter_mut().take(rate * 4 / 10).enumerate() {
+        let t = i as f32 / rate as f32;
+        *sample = ((2.0 * std::f32::consts::PI * 425.0 * t).sin() * 3000.0) as i16;
+    }
+    Arc::from(samples)
+}
+
+fn summary_text(request: &TransferRequest) -> String {
+    let reason = match request.reason {
+        TransferReason::Emergency => "an emergency",
+        TransferReason::Distress => "a caller in distress",
+        TransferReason::Safeguarding => "a safeguarding concern",
+        TransferReason::HumanRequest => "a caller who asked for a person",
+        TransferReason::Complexity => "a caller the assistant could not help",
+    };
+    let mut text = format!("Frontdoor transfer: {reason}. ");
+    text.extend(request.summary.chars().take(MAX_SUMMARY_CHARS));
+    text.push_str(" Connecting you now.");
+    text
+}
+
+/// RFC 3261 Priority header: phones can show or ring differently.
+fn sip_priority(request: &TransferRequest) -> String {
+    match (request.reason, request.priority) {
+        (TransferReason::Emergency, _) => "emergency",
+        (_, Priority::Urgent) => "urgent",
+        _ => "normal",
+    }
+    .to_owned()
+}
+
+fn publish_state(log: &CallLog<'_>, state: &str) {
+    log.events.publish(CallEvent::State {
+        call_id: log.call_id.to_string(),
+        state: state.to_string(),
+        at: Utc::now(),
+    });
+}
+
+async fn audit(log: &CallLog<'_>, action: &str, detail: String) {
+    log.store
+        .audit(AuditEntry {
+            at: Utc::now(),
+            actor: "system".into(),
+            action: action.into(),
+            call_id: Some(log.call_id.to_string()),
+            detail,
+        })
+        .await;
+}
+
+/// An external agent's configured `sip:` URI with an IP literal host.
+fn fixed_contact(uri: &str) -> Option<AgentContact> {
+    let parsed = Uri::parse(uri).ok()?;
+    let transport = match parsed.param("transport").and_then(|t| t.as_deref()) {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    let addr = parsed.socket_addr(5060)?;
+    Some(AgentContact {
+        uri: uri.to_owned(),
+        destination: Peer {
+            transport,
+            addr,
+            connection: None,
+        },
+    })
+}
+
+/// Where a registered phone is reached: its Contact when that is the
+/// address it sent from; otherwise (NAT, TCP) the address it sent from.
+fn registered_contact(contact: &Uri, source: Peer) -> AgentContact {
+    let destination = match contact.socket_addr(5060) {
+        Some(addr) if source.transport == Transport::Udp && addr.ip() == source.addr.ip() => {
+            Peer::udp(addr)
+        }
+        _ => source,
+    };
+    AgentContact {
+        uri: contact.as_str().to_owned(),
+        destination,
+    }
+}
+
+async fn follow_registrations(
+    inner: std::sync::Weak<Inner>,
+    mut events: tokio::sync::broadcast::Receiver<RegistrationEvent>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "registration events missed; phones re-register on their own"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match event {
+            RegistrationEvent::Registered {
+                user,
+                contact,
+                source,
+                ..
+            } => {
+                inner
+                    .directory
+                    .registered(&user, registered_contact(&contact, source))
+                    .await;
+                inner.agent_freed.notify_waiters();
+            }
+            RegistrationEvent::Unregistered { user, reason } => {
+                info!(agent = %user, ?reason, "agent offline");
+                inner.directory.unregistered(&user).await;
+            }
+            RegistrationEvent::Refused { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_contact_prefers_source_behind_nat() {
+        let source = Peer::udp("203.0.113.5:40000".parse().unwrap());
+        let private = Uri::parse("sip:a1@10.0.0.5:5060").unwrap();
+        assert_eq!(registered_contact(&private, source).destination, source);
+        let direct = Uri::parse("sip:a1@203.0.113.5:5062").unwrap();
+        assert_eq!(
+            registered_contact(&direct, source).destination.addr,
+            "203.0.113.5:5062".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn summary_is_bounded_and_names_the_reason() {
+        let request = TransferRequest {
+            call_id: "c".into(),
+            reason: TransferReason::Distress,
+            priority: Priority::Urgent,
+            queue: None,
+            summary: "x".repeat(10_000),
+            transcript: vec![],
+            safety_message: None,
+        };
+        let text = summary_text(&request);
+        assert!(text.starts_with("Frontdoor transfer: a caller in distress."));
+        assert!(text.len() < MAX_SUMMARY_CHARS + 100);
+        assert!(request.is_risk());
+        assert_eq!(sip_priority(&request), "urgent");
+    }
+
+    #[test]
+    fn hold_tone_is_audible_and_bounded() {
+        let tone = default_hold_tone();
+        assert_eq!(tone.len(), 24_000);
+        assert!(tone.iter().any(|s| s.unsigned_abs() > 2000));
+        assert!(
+            fixed_contact("sip:2000@192.0.2.40:5070;transport=tcp")
+                .is_some_and(|c| c.destination.transport == Transport::Tcp)
+        );
+        assert!(fixed_contact("sip:2000@pbx.example").is_none());
+    }
+}
