@@ -4,7 +4,6 @@
 use std::ops::Range;
 use std::path::Path;
 
-
 use super::AsrError;
 
 /// Whisper's only input rate.

@@ -4,10 +4,23 @@
 //! RTP.
 //!
 //! Interruption is a property of what is in flight, not a special case in
-//! every stage: when the caller barges in, the audio queued for sending is
-//! flushed (`MediaHandle::flush`) and the synthesis stream is dropped, which
-//! cancels it; the caller's words from their onset are recognised as the
-//! next turn.
+//! every stage, and it happens in steps so that Frontdoor stops fast but
+//! never for good on a cough:
+//! - the first speech-like window over Frontdoor (echo of its own voice
+//!   excluded by the listener) *holds* the audio queued for sending
+//!   (`MediaHandle::pause`): silent within a tick or two, nothing lost;
+//! - a cough or click dies out and the audio resumes where it stopped; a
+//!   short burst is recognised and, if its words are only a backchannel
+//!   ("mm hmm", "yeah"), resumes too;
+//! - anything else is a barge-in: the held audio is flushed
+//!   (`MediaHandle::flush`), the synthesis stream is dropped (which cancels
+//!   it), the answer is recorded as cut where the caller heard it stop, and
+//!   the caller's words from their onset are the next turn.
+//!
+//! End of turn is sped up by recognising a turn's audio speculatively at the
+//! first short pause: when those words already form a complete request, the
+//! listener ends the turn after a shorter silence and the transcript is
+//! ready, so no recognition is left on the critical path.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +34,7 @@ use super::{ActionsOutcome, CallMedia};
 use crate::answer::{Action, AnswerEngine, Conversation, Escalation};
 use crate::asr::{AsrError, AsrPool, Utterance};
 use crate::events::{CallEvent, EventBus};
-use crate::media::MediaEvent;
+use crate::media::{MediaEvent, SAMPLE_RATE};
 use crate::speech::{
     BargeInConfig, EndpointConfig, PromptCache, SileroVadModel, TtsStream, TtsWorkerPool,
 };
@@ -46,11 +59,16 @@ pub struct AssistantSettings {
     pub max_reprompts: u32,
     pub endpoint: EndpointConfig,
     pub barge_in: BargeInConfig,
+    /// Agents and queues are configured: transfers hand the call to a person
+    /// (otherwise the caller hears the safety message and the assistant
+    /// stays with them).
+    pub handoff_available: bool,
 }
 
 impl Default for AssistantSettings {
     fn default() -> Self {
         AssistantSettings {
+            handoff_available: false,
             silence_reprompt: Duration::from_secs(8),
             max_reprompts: 2,
             endpoint: EndpointConfig::default(),
@@ -122,14 +140,126 @@ impl CallLog<'_> {
     }
 }
 
+/// One piece of what Frontdoor is saying, as it was queued for sending.
+struct SpokenPart {
+    text: String,
+    samples: usize,
+}
+
 /// What Frontdoor is saying right now.
 struct Speaking {
     stream: Option<TtsStream>,
     /// The text being spoken, for the record when it is cut.
     text: String,
+    /// What was queued for sending so far, in order, to find where a cut fell.
+    parts: Vec<SpokenPart>,
+    /// The stream's sent-sample counter when this began.
+    sent_before: u64,
     /// Texts to speak after this one, in order.
     queued: std::collections::VecDeque<String>,
     started: Instant,
+}
+
+impl Speaking {
+    /// The words the caller actually heard when `played` samples of this
+    /// utterance went out: whole sentences, then the share of the cut one.
+    fn heard(&self, played: usize) -> String {
+        let mut heard = String::new();
+        let mut left = played;
+        for part in &self.parts {
+            if left == 0 {
+                break;
+            }
+            let words: Vec<&str> = part.text.split_whitespace().collect();
+            let said = if left >= part.samples {
+                words.len()
+            } else {
+                words.len() * left / part.samples.max(1)
+            };
+            left = left.saturating_sub(part.samples);
+            for word in &words[..said] {
+                if !heard.is_empty() {
+                    heard.push(' ');
+                }
+                heard.push_str(word);
+            }
+        }
+        heard
+    }
+}
+
+/// Frontdoor's audio is held while the listener decides whether the caller
+/// is really talking over it.
+struct Hold {
+    onset: Duration,
+    /// Sent-sample counter when the hold began: where the cut falls if it is
+    /// a barge-in.
+    sent_at: u64,
+    /// A cough the listener never resolves (audio stopped arriving) must not
+    /// silence Frontdoor for good.
+    deadline: Instant,
+    /// Recognition of a short burst's words (burst, its end), to tell a
+    /// backchannel from a short request.
+    verdict: Option<(u32, Duration, AsrFuture)>,
+}
+
+/// Recognition of a turn's audio started at a pause inside it.
+struct Speculation {
+    speech_end: Duration,
+    transcript: Speculated,
+}
+
+enum Speculated {
+    Running(AsrFuture),
+    Done(String),
+}
+
+/// Longest Frontdoor stays held without a decision.
+const MAX_HOLD: Duration = Duration::from_secs(3);
+/// How far back the echo reference looks: the echo path (the caller's phone,
+/// the network both ways) plus the jitter buffer and the event queue.
+const ECHO_TAIL: Duration = Duration::from_millis(560);
+
+/// Words that acknowledge rather than interrupt; Whisper's usual renderings
+/// of "mm hmm" and its habit of hearing "you" in a breath are included.
+const BACKCHANNEL_WORDS: &[&str] = &[
+    "mm", "mmm", "hmm", "hm", "mhm", "uh", "huh", "um", "ah", "oh", "aha", "yeah", "yes", "yep",
+    "yup", "ok", "okay", "right", "alright", "sure", "fine", "i", "see", "got", "it", "thanks",
+    "thank", "you", "cool", "great", "good",
+];
+
+/// Words that mean "stop talking" however short the burst they come in.
+const INTERRUPTING_WORDS: &[&str] = &[
+    "stop", "wait", "no", "hang", "hold", "sorry", "pardon", "excuse", "what", "person", "human",
+    "adviser", "advisor", "agent", "operator", "someone", "help", "repeat",
+];
+
+/// The lower-case words of a transcript, punctuation dropped.
+fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Whether the words of a short burst over Frontdoor ask it to stop. Whisper
+/// is least reliable on exactly these bursts ("mm hmm" came back as "Amen,
+/// none."), so a burst interrupts only on evidence: a word that means stop,
+/// or enough words that are not acknowledgements to be a request; a burst
+/// the answer engine recognises as a request is caught by the caller.
+pub fn short_burst_interrupts(text: &str) -> bool {
+    let words = words_of(text);
+    if words
+        .iter()
+        .any(|w| INTERRUPTING_WORDS.contains(&w.as_str()))
+    {
+        return true;
+    }
+    let content = words
+        .iter()
+        .filter(|w| !BACKCHANNEL_WORDS.contains(&w.as_str()))
+        .count();
+    content >= 3
 }
 
 /// Runs the assistant until the conversation ends or the media dies. The
@@ -160,9 +290,15 @@ pub async fn run_assistant(
         conversation: services.answer.new_conversation(),
         speaking: None,
         pending_asr: None,
+        hold: None,
+        speculation: None,
+        answered_burst_end: None,
+        turn_ended: None,
         reprompts: 0,
         at_risk: false,
         ending: false,
+        pending_transfer: None,
+        transcript: Vec::new(),
         silence_deadline: None,
     };
     pipeline.run(media, log).await
@@ -179,12 +315,24 @@ struct Pipeline<'s> {
     conversation: Conversation,
     speaking: Option<Speaking>,
     pending_asr: Option<AsrFuture>,
+    hold: Option<Hold>,
+    speculation: Option<Speculation>,
+    /// A short burst answered from its own words ends here: the turn the
+    /// endpoint detector reports for it is not a second question.
+    answered_burst_end: Option<Duration>,
+    /// When the last turn ended, until its answer's first audio is queued:
+    /// the engine's share of voice-to-voice latency, for the log.
+    turn_ended: Option<(Instant, Duration, bool)>,
     reprompts: u32,
     /// A risk escalation happened: never hang up on this caller.
     at_risk: bool,
     /// After the current speech finishes, the call ends.
     ending: bool,
     silence_deadline: Option<Instant>,
+    /// After the current speech finishes, the call goes to a person.
+    pending_transfer: Option<crate::handoff::TransferRequest>,
+    /// What was said so far, for the agent and the record.
+    transcript: Vec<String>,
 }
 
 impl Pipeline<'_> {
@@ -194,18 +342,31 @@ impl Pipeline<'_> {
         log.turn("assistant", &greeting, None).await;
 
         loop {
+            // A transfer starts as soon as the reply is fully queued for sending.
+            if self.pending_transfer.is_some()
+                && self
+                    .speaking
+                    .as_ref()
+                    .is_none_or(|s| s.stream.is_none() && s.queued.is_empty())
+            {
+                return self.finish_outcome();
+            }
             let silence = self.silence_deadline;
+            let hold_deadline = self.hold.as_ref().map(|h| h.deadline);
             tokio::select! {
                 event = media.events.recv() => match event {
                     None => return ActionsOutcome::MediaClosed,
-                    Some(MediaEvent::Audio(frame)) => self.listener.hear(&frame),
+                    Some(MediaEvent::Audio(frame)) => {
+                        let reference = media.handle.recent_sent_peak(ECHO_TAIL);
+                        self.listener.hear(&frame, reference);
+                    }
                     Some(MediaEvent::PlaybackFinished) => {
                         // Between two synthesised sentences the send queue can
                         // drain; only the end of the last one counts.
                         let still_synthesising = self.speaking.as_ref().is_some_and(|s| s.stream.is_some());
-                        if !still_synthesising && !self.next_queued() {
+                        if !still_synthesising && !self.next_queued(media) {
                             if self.ending {
-                                return ActionsOutcome::Finished;
+                                return self.finish_outcome();
                             }
                             self.finished_speaking();
                         }
@@ -221,12 +382,59 @@ impl Pipeline<'_> {
                 event = self.listener.events.recv() => match event {
                     None => return ActionsOutcome::MediaClosed,
                     Some(ListenerEvent::SpeechStarted { .. }) => self.silence_deadline = None,
+                    Some(ListenerEvent::Pause { onset }) => self.hold(media, onset),
+                    Some(ListenerEvent::Resume { .. }) => self.release(media),
+                    Some(ListenerEvent::ShortBurst { burst, onset, end, audio }) => {
+                        match self.hold.as_mut() {
+                            Some(hold) if hold.onset == onset => {
+                                let asr = self.services.asr.clone();
+                                let utterance = Utterance::from_telephony_i16(&audio);
+                                hold.verdict = Some((burst, end, Box::pin(async move { asr.submit(utterance).await })));
+                            }
+                            _ => self.listener.verdict(burst, true),
+                        }
+                    }
                     Some(ListenerEvent::BargeIn { onset }) => self.barge_in(media, log, onset).await,
-                    Some(ListenerEvent::EndOfTurn { audio, .. }) => {
+                    Some(ListenerEvent::TurnPausing { speech_end, audio, .. }) => {
+                        if self.speaking.is_none() && !audio.is_empty() {
+                            let asr = self.services.asr.clone();
+                            let utterance = Utterance::from_telephony_i16(&audio);
+                            self.speculation = Some(Speculation {
+                                speech_end,
+                                transcript: Speculated::Running(Box::pin(async move { asr.submit(utterance).await })),
+                            });
+                        }
+                    }
+                    Some(ListenerEvent::EndOfTurn { audio, speech_end, detected_at, .. }) => {
+                        let speculation = self.speculation.take();
+                        let recognised_early = speculation.as_ref().is_some_and(|s| s.speech_end == speech_end);
+                        self.turn_ended = Some((Instant::now(), detected_at.saturating_sub(speech_end), recognised_early));
                         if self.speaking.is_some() {
                             // Speech while Frontdoor talks that never became a
                             // barge-in (a backchannel, a cough): not a turn.
                             continue;
+                        }
+                        if self
+                            .answered_burst_end
+                            .take()
+                            .is_some_and(|end| speech_end <= end + Duration::from_millis(100))
+                        {
+                            continue;
+                        }
+                        match speculation {
+                            Some(Speculation { speech_end: s, transcript: Speculated::Done(text) }) if s == speech_end => {
+                                // Recognised during the pause: nothing left to wait for.
+                                if !text.is_empty() {
+                                    log.turn("caller", &text, None).await;
+                                    self.handle_text(media, log, &text).await;
+                                }
+                                continue;
+                            }
+                            Some(Speculation { speech_end: s, transcript: Speculated::Running(asr) }) if s == speech_end => {
+                                self.pending_asr = Some(asr);
+                                continue;
+                            }
+                            _ => {}
                         }
                         if audio.is_empty() {
                             continue;
@@ -257,24 +465,92 @@ impl Pipeline<'_> {
                         }
                     }
                 }
+                result = async {
+                    match self.speculation.as_mut().map(|s| &mut s.transcript) {
+                        Some(Speculated::Running(asr)) => asr.await,
+                        _ => unreachable!("guarded"),
+                    }
+                }, if matches!(self.speculation, Some(Speculation { transcript: Speculated::Running(_), .. })) => {
+                    // A failed speculation only means the turn is recognised at its end.
+                    let text = result.map(|t| t.text.trim().to_string()).unwrap_or_default();
+                    let complete = self.is_complete_request(&text);
+                    if let Some(speculation) = self.speculation.as_mut() {
+                        if complete {
+                            self.listener.utterance_complete(speculation.speech_end);
+                        }
+                        speculation.transcript = Speculated::Done(text);
+                    }
+                }
+                result = async {
+                    match self.hold.as_mut().and_then(|h| h.verdict.as_mut()) {
+                        Some((_, _, asr)) => asr.await,
+                        None => unreachable!("guarded"),
+                    }
+                }, if self.hold.as_ref().is_some_and(|h| h.verdict.is_some()) => {
+                    let Some((burst, end, _)) = self.hold.as_mut().and_then(|h| h.verdict.take()) else { continue };
+                    // A recogniser that failed or was busy cannot justify cutting the answer.
+                    let text = result.map(|t| t.text.trim().to_string()).unwrap_or_default();
+                    let backchannel =
+                        !short_burst_interrupts(&text) && !self.is_complete_request(&text);
+                    self.listener.verdict(burst, backchannel);
+                    if backchannel {
+                        info!(words = %text, "backchannel over the answer; carrying on");
+                        log.audit("backchannel", format!("caller said {text:?} over the answer; it carried on")).await;
+                        self.release(media);
+                    } else {
+                        let onset = self.hold.as_ref().map_or(Duration::ZERO, |h| h.onset);
+                        self.barge_in(media, log, onset).await;
+                        self.answered_burst_end = Some(end);
+                        log.turn("caller", &text, None).await;
+                        self.handle_text(media, log, &text).await;
+                    }
+                }
                 chunk = async { self.speaking.as_mut().and_then(|s| s.stream.as_mut()).expect("guarded").next().await },
                     if self.speaking.as_ref().is_some_and(|s| s.stream.is_some()) => {
                     match chunk {
-                        Some(Ok(chunk)) => media.handle.play(chunk.samples),
+                        Some(Ok(chunk)) => {
+                            if let Some((ended, silence, recognised_early)) = self.turn_ended.take() {
+                                info!(
+                                    end_of_turn_silence_ms = silence.as_millis() as u64,
+                                    recognised_early,
+                                    to_first_audio_ms = ended.elapsed().as_millis() as u64,
+                                    "answer's first audio queued"
+                                );
+                            }
+                            if let Some(s) = self.speaking.as_mut() {
+                                s.parts.push(SpokenPart { text: chunk.text.clone(), samples: chunk.samples.len() });
+                            }
+                            media.handle.play(chunk.samples);
+                        }
                         Some(Err(e)) => {
                             warn!(error = %e, "speech synthesis failed");
                             if let Some(s) = self.speaking.as_mut() { s.stream = None; }
                         }
                         None => {
                             if let Some(s) = self.speaking.as_mut() { s.stream = None; }
-                            if !media.handle.is_playing() && !self.next_queued() {
+                            // A transfer does not wait for the reply to finish
+                            // playing: it is all queued for sending, and the
+                            // agent's phone starts ringing while the caller
+                            // hears it.
+                            let nothing_queued = self.speaking.as_ref().is_none_or(|s| s.queued.is_empty());
+                            if self.pending_transfer.is_some() && nothing_queued {
+                                return self.finish_outcome();
+                            }
+                            if !media.handle.is_playing() && !self.next_queued(media) {
                                 if self.ending {
-                                    return ActionsOutcome::Finished;
+                                    return self.finish_outcome();
                                 }
                                 self.finished_speaking();
                             }
                         }
                     }
+                }
+                _ = async { tokio::time::sleep_until(hold_deadline.expect("guarded")).await }, if hold_deadline.is_some() => {
+                    warn!("interruption undecided; carrying on");
+                    if let Some((burst, _, _)) = self.hold.as_mut().and_then(|h| h.verdict.take()) {
+                        self.listener.verdict(burst, true);
+                    }
+                    self.release(media);
                 }
                 _ = async { tokio::time::sleep_until(silence.expect("guarded")).await }, if silence.is_some() => {
                     self.silence_deadline = None;
@@ -287,6 +563,7 @@ impl Pipeline<'_> {
                         let safety = self.conversation.agent_unavailable(&self.services.answer);
                         self.say(media, &safety);
                     } else {
+                        log.audit("reprompt", format!("caller silent; re-prompt {}", self.reprompts)).await;
                         self.say_cached(media, REPROMPT);
                     }
                 }
@@ -294,26 +571,93 @@ impl Pipeline<'_> {
         }
     }
 
+    /// The caller may be talking over Frontdoor: hold its audio, drop nothing.
+    fn hold(&mut self, media: &mut CallMedia, onset: Duration) {
+        if self.speaking.is_none() {
+            return;
+        }
+        media.handle.pause();
+        info!(
+            onset_ms = onset.as_millis() as u64,
+            "caller may be talking over the answer; holding it"
+        );
+        self.hold = Some(Hold {
+            onset,
+            sent_at: media.handle.stats().samples_sent,
+            deadline: Instant::now() + MAX_HOLD,
+            verdict: None,
+        });
+    }
+
+    /// It was not an interruption: Frontdoor carries on where it stopped.
+    fn release(&mut self, media: &mut CallMedia) {
+        if let Some(hold) = self.hold.take() {
+            info!(
+                onset_ms = hold.onset.as_millis() as u64,
+                "not an interruption; the answer carries on"
+            );
+            media.handle.resume();
+        }
+    }
+
+    /// Words that already make a request Frontdoor can act on, so the caller
+    /// need not be waited for any longer.
+    fn is_complete_request(&self, text: &str) -> bool {
+        if text.split_whitespace().count() < 3 {
+            return false;
+        }
+        let answer = &self.services.answer;
+        let decision = answer.classify(text);
+        decision.escalate != Escalation::None
+            || (decision.confidence >= answer.governance().clarify_below
+                && !matches!(decision.intent.as_str(), "out_of_scope" | "general_contact"))
+    }
+
     async fn barge_in(&mut self, media: &mut CallMedia, log: &CallLog<'_>, onset: Duration) {
-        let Some(speaking) = self.speaking.take() else {
+        let hold = self.hold.take();
+        let Some(mut speaking) = self.speaking.take() else {
+            media.handle.resume();
             return;
         };
         // Flush first: stale audio still playing after the caller started to
         // speak is the most common barge-in bug in this field.
         media.handle.flush();
-        drop(speaking.stream);
+        // Dropping the stream cancels the synthesis still running.
+        speaking.stream = None;
         self.listener.bot_speaking(false);
-        let spoken_ms = speaking.started.elapsed().as_millis();
+        // The audio stopped when it was held, not when the decision came.
+        let sent = hold.map_or_else(|| media.handle.stats().samples_sent, |h| h.sent_at);
+        let played = sent.saturating_sub(speaking.sent_before) as usize;
+        let played_ms = played as u64 * 1000 / u64::from(SAMPLE_RATE);
+        let heard = speaking.heard(played);
         info!(
             onset_ms = onset.as_millis() as u64,
-            spoken_ms = spoken_ms as u64,
+            played_ms,
+            spoken_ms = speaking.started.elapsed().as_millis() as u64,
             "caller barged in; answer cut"
         );
         log.audit(
             "barge_in",
-            format!("answer cut after {spoken_ms} ms: {:?}", speaking.text),
+            format!(
+                "answer cut after {played_ms} ms of audio, at {heard:?}; the whole answer was {:?}",
+                speaking.text
+            ),
         )
         .await;
+        log.turn(
+            "assistant",
+            &format!("{heard}… [cut off by the caller]"),
+            None,
+        )
+        .await;
+    }
+
+    /// How the conversation ends once Frontdoor has finished speaking.
+    fn finish_outcome(&mut self) -> ActionsOutcome {
+        match self.pending_transfer.take() {
+            Some(request) => ActionsOutcome::Transfer(Box::new(request)),
+            None => ActionsOutcome::Finished,
+        }
     }
 
     async fn handle_text(&mut self, media: &mut CallMedia, log: &CallLog<'_>, text: &str) {
@@ -366,10 +710,44 @@ impl Pipeline<'_> {
         log.turn("assistant", &turn.reply, Some((&turn, &reason)))
             .await;
         self.say(media, &turn.reply);
+        self.transcript.push(format!("caller: {text}"));
+        self.transcript.push(format!("assistant: {}", turn.reply));
+        if let Action::Transfer {
+            reason: why,
+            priority,
+        } = &turn.action
+            && self.settings.handoff_available
+        {
+            // Once the reply ("I'm putting you through") has been said, the
+            // call goes to a person; the caller is never left alone.
+            let intent = turn.intent.clone().unwrap_or_else(|| "unknown".into());
+            self.pending_transfer = Some(crate::handoff::TransferRequest {
+                call_id: log.call_id.to_string(),
+                reason: *why,
+                priority: *priority,
+                queue: None,
+                summary: format!(
+                    "{} call about {}. The caller said: {}",
+                    why.as_str(),
+                    intent.replace('_', " "),
+                    text
+                ),
+                transcript: self.transcript.clone(),
+                safety_message: Some(self.conversation.agent_unavailable(&self.services.answer)),
+            });
+            self.ending = true;
+            // Transfer replies are fixed per escalation category and were
+            // synthesised at start-up: queue the whole reply at once, so the
+            // agent's phone rings while the caller hears it.
+            if self.services.prompts.get(&turn.reply).is_some() {
+                self.say_cached(media, &turn.reply);
+            }
+            return;
+        }
         if let Action::Transfer { .. } = turn.action {
-            // Human hand-off arrives with agents and queues; until then the
-            // caller is never left alone: risk calls hear the safety message
-            // and the conversation stays open.
+            // No agents are configured: the caller is never left alone:
+            // risk calls hear the safety message and the conversation stays
+            // open.
             let safety = self.conversation.agent_unavailable(&self.services.answer);
             log.audit(
                 "transfer_unavailable",
@@ -386,7 +764,8 @@ impl Pipeline<'_> {
             media.handle.flush();
             drop(old);
         }
-        self.start_stream(text);
+        self.hold = None;
+        self.start_stream(media, text);
     }
 
     /// Speaks `text` after whatever is being said now.
@@ -394,14 +773,14 @@ impl Pipeline<'_> {
         if let Some(s) = self.speaking.as_mut() {
             s.queued.push_back(text.to_string());
             if s.stream.is_none() && !media.handle.is_playing() {
-                self.next_queued();
+                self.next_queued(media);
             }
             return;
         }
-        self.start_stream(text);
+        self.start_stream(media, text);
     }
 
-    fn start_stream(&mut self, text: &str) {
+    fn start_stream(&mut self, media: &mut CallMedia, text: &str) {
         match self.services.tts.try_speak(text) {
             Ok(stream) => {
                 self.silence_deadline = None;
@@ -410,6 +789,8 @@ impl Pipeline<'_> {
                 self.speaking = Some(Speaking {
                     stream: Some(stream),
                     text: text.to_string(),
+                    parts: Vec::new(),
+                    sent_before: media.handle.stats().samples_sent,
                     queued,
                     started: Instant::now(),
                 });
@@ -419,11 +800,11 @@ impl Pipeline<'_> {
     }
 
     /// Starts the next queued text; false when nothing is queued.
-    fn next_queued(&mut self) -> bool {
+    fn next_queued(&mut self, media: &mut CallMedia) -> bool {
         let next = self.speaking.as_mut().and_then(|s| s.queued.pop_front());
         match next {
             Some(text) => {
-                self.start_stream(&text);
+                self.start_stream(media, &text);
                 true
             }
             None => false,
@@ -433,6 +814,7 @@ impl Pipeline<'_> {
     /// Frontdoor has finished everything it had to say.
     fn finished_speaking(&mut self) {
         self.speaking = None;
+        self.hold = None;
         self.listener.bot_speaking(false);
         self.silence_deadline = Some(Instant::now() + self.settings.silence_reprompt);
     }
@@ -445,12 +827,20 @@ impl Pipeline<'_> {
                     media.handle.flush();
                     drop(old);
                 }
+                self.hold = None;
+                let sent_before = media.handle.stats().samples_sent;
+                let length = samples.len();
                 media.handle.play(samples);
                 self.silence_deadline = None;
                 self.listener.bot_speaking(true);
                 self.speaking = Some(Speaking {
                     stream: None,
                     text: text.to_string(),
+                    parts: vec![SpokenPart {
+                        text: text.to_string(),
+                        samples: length,
+                    }],
+                    sent_before,
                     queued: Default::default(),
                     started: Instant::now(),
                 });
@@ -460,5 +850,57 @@ impl Pipeline<'_> {
                 self.say(media, text);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_bursts_interrupt_only_on_evidence() {
+        for words in ["Amen, none.", "Mm-hmm.", "Yeah.", "", "Thank you.", "Bins"] {
+            assert!(!short_burst_interrupts(words), "{words:?}");
+        }
+        for words in [
+            "Stop.",
+            "No, wait.",
+            "Hang on",
+            "Can I speak to a person",
+            "report a pothole",
+        ] {
+            assert!(short_burst_interrupts(words), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn the_cut_falls_where_the_audio_stopped() {
+        let speaking = Speaking {
+            stream: None,
+            text: "Your bins are collected on Monday. Put them out by seven.".into(),
+            parts: vec![
+                SpokenPart {
+                    text: "Your bins are collected on Monday.".into(),
+                    samples: 8_000,
+                },
+                SpokenPart {
+                    text: "Put them out by seven.".into(),
+                    samples: 4_000,
+                },
+            ],
+            sent_before: 0,
+            queued: Default::default(),
+            started: Instant::now(),
+        };
+        assert_eq!(speaking.heard(0), "");
+        assert_eq!(speaking.heard(4_000), "Your bins are");
+        assert_eq!(
+            speaking.heard(10_000),
+            "Your bins are collected on Monday. Put them"
+        );
+        assert_eq!(
+            speaking.heard(20_000),
+            "Your bins are collected on Monday. Put them out by seven."
+        );
     }
 }

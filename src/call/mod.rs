@@ -21,10 +21,14 @@ pub struct CallMedia {
 }
 
 /// Why the dialplan stopped running on a call.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum ActionsOutcome {
     /// The actions ran to the end (or reached `hangup`): Frontdoor hangs up.
     Finished,
+    /// The assistant hands the caller to a person (handled by
+    /// [`run_actions`] through the hand-off service; never seen by callers
+    /// of `run_actions`).
+    Transfer(Box<crate::handoff::TransferRequest>),
     /// No RTP arrived for this long: the call is dead.
     MediaInactive(Duration),
     /// The media stream ended underneath us.
@@ -42,6 +46,8 @@ pub struct ActionLog {
 pub struct ActionContext<'a> {
     /// Loaded when a dialplan route uses the assistant.
     pub assistant: Option<&'a assistant::AssistantServices>,
+    /// Agents and queues, when configured.
+    pub handoff: Option<&'a crate::handoff::Handoff>,
     pub log: assistant::CallLog<'a>,
 }
 
@@ -66,9 +72,42 @@ pub async fn run_actions(
                 let settings = assistant::AssistantSettings {
                     silence_reprompt: options.silence_reprompt,
                     max_reprompts: options.max_reprompts,
+                    handoff_available: ctx.handoff.is_some(),
                     ..assistant::AssistantSettings::default()
                 };
-                return assistant::run_assistant(services, &settings, media, &ctx.log).await;
+                loop {
+                    let outcome =
+                        assistant::run_assistant(services, &settings, media, &ctx.log).await;
+                    let (ActionsOutcome::Transfer(request), Some(handoff)) =
+                        (&outcome, ctx.handoff)
+                    else {
+                        return outcome;
+                    };
+                    let safety = request.safety_message.clone();
+                    match handoff
+                        .transfer(media, (**request).clone(), &ctx.log, Some(&services.tts))
+                        .await
+                    {
+                        crate::handoff::TransferOutcome::Completed { .. }
+                        | crate::handoff::TransferOutcome::Referred => {
+                            return ActionsOutcome::Finished;
+                        }
+                        crate::handoff::TransferOutcome::CallerGone => {
+                            return ActionsOutcome::MediaClosed;
+                        }
+                        // Nobody could take the call: the caller is never
+                        // dropped. They hear the safety message and the
+                        // assistant stays with them.
+                        crate::handoff::TransferOutcome::NoAgent { .. }
+                        | crate::handoff::TransferOutcome::NotConfigured => {
+                            if let Some(text) = safety
+                                && let Ok(samples) = services.prompts.get_or_synthesize(&text)
+                            {
+                                media.handle.play(samples);
+                            }
+                        }
+                    }
+                }
             }
             Action::Play(prompt) => {
                 media.handle.play(prompt.samples.clone());

@@ -231,6 +231,7 @@ async fn answer_and_run(
     let ending = {
         let ctx = ActionContext {
             assistant: shared.assistant.as_ref(),
+            handoff: shared.handoff.as_ref(),
             log: CallLog {
                 store: &shared.store,
                 events: &shared.events,
@@ -247,6 +248,8 @@ async fn answer_and_run(
                     ActionsOutcome::Finished => Ending { reason: "dialplan finished".into(), by: HangupBy::Frontdoor, outcome: "frontdoor_hangup", send_bye: true },
                     ActionsOutcome::MediaInactive(d) => Ending { reason: format!("no RTP for {} s", d.as_secs()), by: HangupBy::System, outcome: "media_timeout", send_bye: true },
                     ActionsOutcome::MediaClosed => Ending { reason: "media stream closed".into(), by: HangupBy::System, outcome: "failed", send_bye: true },
+                    // run_actions performs transfers itself; reaching here means the agent leg ended.
+                    ActionsOutcome::Transfer(_) => Ending { reason: "transfer finished".into(), by: HangupBy::Frontdoor, outcome: "frontdoor_hangup", send_bye: true },
                 },
                 _ = &mut deadline => break Ending { reason: format!("maximum call length ({} s) reached", max_call.as_secs()), by: HangupBy::System, outcome: "frontdoor_hangup", send_bye: true },
                 signal = signals.recv() => match signal {

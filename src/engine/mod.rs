@@ -61,6 +61,7 @@ struct Shared {
     ports: PortAllocator,
     metrics: Arc<Metrics>,
     assistant: Option<crate::call::assistant::AssistantServices>,
+    handoff: Option<crate::handoff::Handoff>,
     events: crate::events::EventBus,
 }
 
@@ -133,6 +134,34 @@ pub async fn run(
     };
     let (sip, mut sip_events) = sip::start(sip_cfg).await.context("starting SIP")?;
 
+    // Agents and queues: only when configured. Agent legs are offered from
+    // the address Frontdoor advertises (set media.advertised_ip when agents
+    // are on other hosts).
+    let handoff = if config.handoff.agent.is_empty() && config.handoff.queue.is_empty() {
+        None
+    } else {
+        let local_ip = config.media.advertised_ip.unwrap_or_else(|| {
+            let listen = config.sip.listen.ip();
+            if listen.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                listen
+            }
+        });
+        let deps = crate::handoff::HandoffDeps {
+            sip: sip.clone(),
+            ports: ports.clone(),
+            media: media_cfg.clone(),
+            caps: caps.clone(),
+            local_ip,
+            recordings_dir: Some(recordings_dir.clone()),
+        };
+        Some(
+            crate::handoff::Handoff::start(config.handoff.clone(), deps)
+                .context("starting agents and queues")?,
+        )
+    };
+
     let metrics = Metrics::new();
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let events = crate::events::EventBus::new();
@@ -176,6 +205,7 @@ pub async fn run(
         ports,
         metrics: metrics.clone(),
         assistant,
+        handoff,
         events,
     });
 
@@ -309,7 +339,19 @@ async fn admit(
         shared.metrics.call_finished("rejected");
         info!(call_id = %id, sip_call_id = %invite.call_id, status, why, "call refused");
     };
-    let (status, reason, why) = if shutting_down {
+    // An agent leg that leads back to Frontdoor (a forwarding loop) must not
+    // become a new call: our own transfers carry X-Frontdoor-Call-Id.
+    let looped = invite
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("X-Frontdoor-Call-Id"));
+    let (status, reason, why) = if looped {
+        (
+            482,
+            "loop",
+            "transfer loop: the INVITE came from a Frontdoor transfer",
+        )
+    } else if shutting_down {
         (503, "shutting_down", "engine is shutting down")
     } else if calls.len() >= max_calls {
         (503, "busy", "concurrent call limit reached")

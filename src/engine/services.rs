@@ -48,15 +48,25 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
     );
     let prompts = PromptCache::new(voice.clone(), 64);
     // Fixed phrases are synthesised now, so the greeting starts at once.
-    let greeting = answer.greeting();
+    let governance = answer.governance();
+    let mut fixed: Vec<String> = vec![
+        answer.greeting(),
+        HOLDING_PHRASE.into(),
+        REPROMPT.into(),
+        GOODBYE_SILENT.into(),
+        NOT_HEARD.into(),
+        governance.safety.no_agent_available.clone(),
+        governance.safety.no_agent_available_routine.clone(),
+    ];
+    // Transfer replies too: a caller at risk must not wait for synthesis
+    // before the agent's phone starts ringing.
+    for category in crate::answer::Escalation::ALL_ESCALATING {
+        if let Some(policy) = governance.policy(category) {
+            fixed.push(policy.message.clone());
+        }
+    }
     prompts
-        .warm([
-            greeting.as_str(),
-            HOLDING_PHRASE,
-            REPROMPT,
-            GOODBYE_SILENT,
-            NOT_HEARD,
-        ])
+        .warm(fixed.iter().map(String::as_str))
         .context("synthesising the fixed prompts")?;
     let tts = TtsWorkerPool::start(
         voice,

@@ -139,6 +139,8 @@ pub struct RtpSession {
     queue: VecDeque<Arc<[i16]>>,
     queue_offset: usize,
     queued_samples: usize,
+    /// Queued audio is held (not sent, not dropped) while set: a provisional barge-in.
+    paused: bool,
     dtmf_queue: VecDeque<(char, Duration)>,
     dtmf_sender: Option<DtmfSender>,
     out_packet: [u8; RTP_HEADER_LEN + FRAME_SAMPLES],
@@ -192,6 +194,7 @@ impl RtpSession {
             queue: VecDeque::new(),
             queue_offset: 0,
             queued_samples: 0,
+            paused: false,
             dtmf_queue: VecDeque::new(),
             dtmf_sender: None,
             out_packet: [0; RTP_HEADER_LEN + FRAME_SAMPLES],
@@ -254,6 +257,20 @@ impl RtpSession {
         self.queued_samples = 0;
         self.stats.samples_flushed += dropped as u64;
         dropped
+    }
+
+    /// Holds or releases the queued audio. While paused, ticks send comfort silence and
+    /// the queue keeps its place, so resuming continues from the exact sample it stopped at.
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused != self.paused {
+            self.paused = paused;
+            // Resumed audio starts a new talkspurt.
+            self.marker_pending = true;
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     pub fn is_playing(&self) -> bool {
@@ -538,7 +555,13 @@ impl RtpSession {
             self.dtmf_sender = None;
         }
 
-        let taken = self.take_queued_frame();
+        let taken = if self.paused {
+            // Held audio stays queued; what goes out is silence, not the last frame again.
+            self.sent_frame.fill(0);
+            0
+        } else {
+            self.take_queued_frame()
+        };
         let playback_finished = taken > 0 && self.queued_samples == 0;
         if taken == 0 && !self.config.comfort_silence {
             self.marker_pending = true;
@@ -838,6 +861,36 @@ mod tests {
         let stats = session.stats();
         assert_eq!(stats.samples_sent, 160);
         assert_eq!(stats.samples_flushed, 8000 - 160);
+    }
+
+    #[test]
+    fn pause_holds_queued_audio_and_resume_continues_where_it_stopped() {
+        let start = Instant::now();
+        let mut session = session(start);
+        let ramp: Vec<i16> = (0..480).map(|i| i as i16).collect();
+        assert!(session.play(Arc::from(ramp)));
+        let first = session.on_tick(at(start, 0));
+        assert_eq!(first.sent_audio.expect("audio")[0], 0);
+        session.set_paused(true);
+        for tick in 1..=3 {
+            let output = session.on_tick(at(start, 20 * tick));
+            assert!(output.sent_audio.is_none(), "paused audio must not be sent");
+            let packet =
+                RtpPacket::parse(output.outgoing.expect("comfort silence")).expect("valid");
+            assert!(
+                packet.payload.iter().all(|&b| b == g711::linear_to_ulaw(0)),
+                "silence goes out while paused, not the last frame again"
+            );
+            assert!(!output.playback_finished);
+        }
+        assert!(session.is_playing(), "the queue is held, not dropped");
+        assert_eq!(session.queued_samples(), 320);
+        session.set_paused(false);
+        let resumed = session.on_tick(at(start, 80));
+        assert_eq!(resumed.sent_audio.expect("audio")[0], 160);
+        let packet = RtpPacket::parse(resumed.outgoing.expect("packet")).expect("valid");
+        assert!(packet.marker, "resumed audio starts a talkspurt");
+        assert_eq!(session.stats().samples_flushed, 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -40,6 +40,9 @@ const RECORDER_CAPACITY: usize = 250;
 const LATE_TICK: Duration = Duration::from_millis(10);
 /// Beyond this lag, ticks are skipped rather than replayed in a burst.
 const MAX_CATCH_UP: Duration = Duration::from_millis(200);
+/// Ticks of sent-audio levels kept for echo detection (1.28 s): longer than any echo path
+/// a phone call has (the far end's jitter buffer plus the network both ways).
+pub const SENT_LEVEL_TICKS: usize = 64;
 /// Largest datagram we read; anything bigger is truncated and fails validation.
 const RECEIVE_BUFFER: usize = 2048;
 
@@ -110,6 +113,11 @@ struct Shared {
     /// Incremented by every `flush`; `Play` commands carry the epoch they were issued in, so
     /// audio queued before a barge-in can never play after it.
     flush_epoch: AtomicU64,
+    /// Set by `pause`: queued audio is held until `resume` (or dropped by `flush`).
+    paused: AtomicBool,
+    /// Peak level of the audio sent at each tick, a ring indexed by `ticks`.
+    sent_peaks: [AtomicU16; SENT_LEVEL_TICKS],
+    ticks: AtomicU64,
 }
 
 /// A bound but not yet started stream: the local port is known (for the SDP answer) before
@@ -164,6 +172,9 @@ impl MediaStream {
             stats: Mutex::new(RtpStats::default()),
             playing: AtomicBool::new(false),
             flush_epoch: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            sent_peaks: std::array::from_fn(|_| AtomicU16::new(0)),
+            ticks: AtomicU64::new(0),
         });
         let session_config = SessionConfig {
             inactivity_timeout: self.config.inactivity_timeout,
@@ -248,13 +259,47 @@ impl MediaHandle {
         );
     }
 
-    /// Drops all queued outgoing audio now (barge-in). Works even if the command queue is
-    /// full: the epoch is checked on every tick.
+    /// Drops all queued outgoing audio now (barge-in) and clears a pause: with nothing left
+    /// to hold, the next `play` must be heard. Works even if the command queue is full: the
+    /// epoch is checked on every tick.
     pub fn flush(&self) {
         self.shared.flush_epoch.fetch_add(1, Ordering::AcqRel);
+        self.shared.paused.store(false, Ordering::Release);
         self.shared.playing.store(false, Ordering::Release);
         // Only a wake-up: the epoch above is what guarantees the flush.
         let _ = self.commands.try_send(Command::Flush);
+    }
+
+    /// Holds the queued audio from the next tick on (within 20 ms) without dropping it: the
+    /// caller may have started to talk, or only coughed. Like `flush`, it bypasses the
+    /// command queue.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::Release);
+    }
+
+    /// Sends the held audio again, from the sample where `pause` stopped it.
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::Release);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.paused.load(Ordering::Acquire)
+    }
+
+    /// The loudest sample sent in the last `tail` (at most [`SENT_LEVEL_TICKS`] ticks): the
+    /// reference an echo detector compares the caller's level with. Read when caller audio
+    /// is taken from the event queue, so the tail must also cover that queue's delay.
+    pub fn recent_sent_peak(&self, tail: Duration) -> u16 {
+        let ticks = (tail.as_millis() / FRAME_DURATION.as_millis()).max(1) as u64;
+        let ticks = ticks.min(SENT_LEVEL_TICKS as u64);
+        let newest = self.shared.ticks.load(Ordering::Acquire);
+        (0..ticks.min(newest))
+            .map(|back| {
+                let slot = ((newest - 1 - back) % SENT_LEVEL_TICKS as u64) as usize;
+                self.shared.sent_peaks[slot].load(Ordering::Relaxed)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Applies a re-INVITE's negotiation: hold/resume, codec change, new remote.
@@ -407,6 +452,8 @@ impl StreamTask {
             self.seen_flush_epoch = epoch;
             self.session.flush();
         }
+        self.session
+            .set_paused(self.shared.paused.load(Ordering::Acquire));
     }
 
     fn on_command(&mut self, command: Command) {
@@ -488,6 +535,16 @@ impl StreamTask {
                 tracing::trace!(%error, "RTP send failed");
             }
         }
+        // Read by the echo detector; the media layer already sees both directions at the
+        // same tick, which is the alignment echo detection needs.
+        let sent_audio = output.sent_audio;
+        let tick = self.shared.ticks.load(Ordering::Relaxed);
+        let peak = sent_audio.map_or(0, |frame| {
+            frame.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)
+        });
+        self.shared.sent_peaks[(tick % SENT_LEVEL_TICKS as u64) as usize]
+            .store(peak, Ordering::Relaxed);
+        self.shared.ticks.store(tick + 1, Ordering::Release);
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.record(output.received, output.sent_audio);
         }
@@ -720,6 +777,37 @@ mod tests {
         while let Ok(event) = events.try_recv() {
             assert!(!matches!(event, MediaEvent::Audio(_)), "{event:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn pause_holds_audio_resume_continues_and_sent_levels_are_published() {
+        let allocator = PortAllocator::new(45000, 45999);
+        let stream = bind_any(&allocator, MediaConfig::default()).await;
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let peer_addr = peer.local_addr().expect("addr");
+        let (handle, _events) = stream.start(negotiated_towards(peer_addr), None);
+        handle.play(Arc::from(vec![5000i16; 8000]));
+        let _ = recv_rtp(&peer).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(handle.recent_sent_peak(Duration::from_millis(200)) >= 4900);
+        handle.pause();
+        assert!(handle.is_paused());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let held = handle.stats().samples_sent;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stats = handle.stats();
+        assert_eq!(stats.samples_sent, held, "nothing sent while paused");
+        assert_eq!(stats.samples_flushed, 0, "nothing dropped either");
+        assert!(handle.is_playing());
+        // Only silence went out for 200 ms: the reference falls with it.
+        assert_eq!(handle.recent_sent_peak(Duration::from_millis(100)), 0);
+        handle.resume();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(handle.stats().samples_sent > held);
+        handle.pause();
+        handle.flush();
+        assert!(!handle.is_paused(), "a flush clears the pause");
+        handle.stop().await;
     }
 
     #[tokio::test]

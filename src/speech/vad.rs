@@ -264,7 +264,7 @@ impl Default for EndpointConfig {
             silence_threshold: 0.35,
             min_speech: Duration::from_millis(90),
             end_of_turn_silence: Duration::from_millis(700),
-            quick_end_of_turn_silence: Duration::from_millis(350),
+            quick_end_of_turn_silence: Duration::from_millis(256),
             pre_roll: Duration::from_millis(200),
             max_turn: Duration::from_secs(30),
         }
@@ -326,6 +326,24 @@ impl EndpointDetector {
     /// Whether the caller is in a turn (speech confirmed, not yet ended).
     pub fn in_turn(&self) -> bool {
         matches!(self.state, EndpointState::Speech { .. })
+    }
+
+    /// Stream time the current turn's speech started, while in a turn.
+    pub fn turn_onset(&self) -> Option<Duration> {
+        match self.state {
+            EndpointState::Speech { onset, .. } => Some(onset),
+            _ => None,
+        }
+    }
+
+    /// Stream time the current turn's speech was last heard, while in a turn.
+    pub fn last_speech_end(&self) -> Option<Duration> {
+        match self.state {
+            EndpointState::Speech {
+                last_speech_end, ..
+            } => Some(last_speech_end),
+            _ => None,
+        }
     }
 
     /// Hint from the ASR partial transcript: the words so far form a complete
@@ -434,7 +452,7 @@ impl EndpointDetector {
     }
 }
 
-/// Thresholds of the [`BargeInDetector`].
+/// Thresholds of the [`BargeInDetector`] and the [`InterruptionDetector`].
 #[derive(Debug, Clone)]
 pub struct BargeInConfig {
     /// Higher than the endpoint threshold: Frontdoor's own voice echoed by
@@ -445,6 +463,20 @@ pub struct BargeInConfig {
     /// Dips below the threshold shorter than this do not break the run
     /// (one low window between syllables).
     pub max_gap: Duration,
+    /// A burst of speech that ends before this long may be a backchannel
+    /// ("mm hmm", "yeah", "okay"): its words decide. Longer speech is a
+    /// barge-in whatever it says.
+    pub max_backchannel: Duration,
+    /// Silence that ends a short burst (a backchannel's syllables are closer).
+    pub burst_end_gap: Duration,
+    /// Geigel double-talk threshold: caller audio whose peak is below this
+    /// fraction of the peak Frontdoor sent over the echo tail is taken for
+    /// Frontdoor's own echo. 0.5 assumes at least 6 dB of echo return loss,
+    /// which handsets and network hybrids give (G.168).
+    pub echo_ratio: f32,
+    /// Once the caller is heard over the echo, quieter windows within this
+    /// long still count as the caller (soft syllables of real double talk).
+    pub double_talk_hold: Duration,
 }
 
 impl Default for BargeInConfig {
@@ -453,6 +485,10 @@ impl Default for BargeInConfig {
             threshold: 0.6,
             min_speech: Duration::from_millis(200),
             max_gap: Duration::from_millis(64),
+            max_backchannel: Duration::from_millis(800),
+            burst_end_gap: Duration::from_millis(192),
+            echo_ratio: 0.5,
+            double_talk_hold: Duration::from_millis(160),
         }
     }
 }
@@ -564,6 +600,227 @@ impl BargeInDetector {
             });
         }
         None
+    }
+}
+
+/// What the [`InterruptionDetector`] asks of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptionEvent {
+    /// Something speech-like started over Frontdoor: hold its audio (do not
+    /// drop it) until this is confirmed or dies out.
+    Pause { onset: Duration },
+    /// It died out before it could be speech (a cough, a click): carry on
+    /// from where the audio was held.
+    Resume { onset: Duration },
+    /// A short burst of speech ended: a backchannel or a short request. The
+    /// pipeline recognises `onset..end` and answers with
+    /// [`InterruptionDetector::verdict`] quoting `burst`.
+    ShortBurst {
+        burst: u32,
+        onset: Duration,
+        end: Duration,
+    },
+    /// The caller is talking over Frontdoor: flush its audio and listen.
+    BargeIn {
+        onset: Duration,
+        detected_at: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InterruptionState {
+    Listening,
+    /// Speech-like audio over Frontdoor; its audio is held.
+    Provisional {
+        onset: Duration,
+        last_speech_end: Duration,
+    },
+    /// A short burst ended; waiting for the pipeline's verdict on its words.
+    AwaitingVerdict {
+        onset: Duration,
+        last_speech_end: Duration,
+    },
+    Fired,
+}
+
+/// Turn-taking while Frontdoor talks, in three steps so that it stops fast
+/// yet never for good on a cough: at the first speech-like window it asks
+/// for a pause (Frontdoor goes quiet within a window or two); speech that
+/// lasts past [`BargeInConfig::max_backchannel`] is a barge-in; a burst that
+/// dies out is either a click (resume at once) or, once it is long enough
+/// to hold words, a backchannel candidate whose recognised words decide.
+///
+/// Sans-IO like the other detectors: windows in, events out. Windows must
+/// already be cleared of Frontdoor's own echo (see [`EchoGate`]).
+#[derive(Debug, Clone)]
+pub struct InterruptionDetector {
+    config: BargeInConfig,
+    bot_speaking: bool,
+    state: InterruptionState,
+    burst: u32,
+}
+
+impl InterruptionDetector {
+    pub fn new(config: BargeInConfig) -> Self {
+        Self {
+            config,
+            bot_speaking: false,
+            state: InterruptionState::Listening,
+            burst: 0,
+        }
+    }
+
+    /// Frontdoor started or stopped playing audio; a new utterance re-arms
+    /// the detector.
+    pub fn set_bot_speaking(&mut self, speaking: bool) {
+        if speaking != self.bot_speaking {
+            self.bot_speaking = speaking;
+            self.state = InterruptionState::Listening;
+        }
+    }
+
+    /// Whether Frontdoor's audio should be held right now.
+    pub fn holding(&self) -> bool {
+        matches!(
+            self.state,
+            InterruptionState::Provisional { .. } | InterruptionState::AwaitingVerdict { .. }
+        )
+    }
+
+    /// The pipeline's verdict on a [`InterruptionEvent::ShortBurst`]: a
+    /// backchannel resumes listening (Frontdoor carries on), anything else
+    /// counts as a barge-in. A verdict on an older burst is ignored (the
+    /// caller kept talking since), and false is returned.
+    pub fn verdict(&mut self, burst: u32, backchannel: bool) -> bool {
+        if burst != self.burst || !matches!(self.state, InterruptionState::AwaitingVerdict { .. }) {
+            return false;
+        }
+        self.state = if backchannel {
+            InterruptionState::Listening
+        } else {
+            InterruptionState::Fired
+        };
+        true
+    }
+
+    /// Feeds one (echo-cleared) VAD window.
+    pub fn observe(&mut self, window: VadWindow) -> Option<InterruptionEvent> {
+        if !self.bot_speaking {
+            return None;
+        }
+        let is_speech = window.probability >= self.config.threshold;
+        match self.state {
+            InterruptionState::Fired => None,
+            InterruptionState::Listening => {
+                if !is_speech {
+                    return None;
+                }
+                self.state = InterruptionState::Provisional {
+                    onset: window.start,
+                    last_speech_end: window.end,
+                };
+                Some(InterruptionEvent::Pause {
+                    onset: window.start,
+                })
+            }
+            InterruptionState::Provisional {
+                onset,
+                last_speech_end,
+            }
+            | InterruptionState::AwaitingVerdict {
+                onset,
+                last_speech_end,
+            } => {
+                if is_speech {
+                    // More speech after a burst: the verdict on it is moot.
+                    if matches!(self.state, InterruptionState::AwaitingVerdict { .. }) {
+                        self.burst = self.burst.wrapping_add(1);
+                    }
+                    if window.end.saturating_sub(onset) >= self.config.max_backchannel {
+                        self.state = InterruptionState::Fired;
+                        return Some(InterruptionEvent::BargeIn {
+                            onset,
+                            detected_at: window.end,
+                        });
+                    }
+                    self.state = InterruptionState::Provisional {
+                        onset,
+                        last_speech_end: window.end,
+                    };
+                    return None;
+                }
+                if matches!(self.state, InterruptionState::AwaitingVerdict { .. }) {
+                    return None;
+                }
+                let gap = window.end.saturating_sub(last_speech_end);
+                let spoken = last_speech_end.saturating_sub(onset);
+                if spoken < self.config.min_speech {
+                    if gap > self.config.max_gap {
+                        self.state = InterruptionState::Listening;
+                        return Some(InterruptionEvent::Resume { onset });
+                    }
+                    return None;
+                }
+                if gap >= self.config.burst_end_gap {
+                    self.burst = self.burst.wrapping_add(1);
+                    self.state = InterruptionState::AwaitingVerdict {
+                        onset,
+                        last_speech_end,
+                    };
+                    return Some(InterruptionEvent::ShortBurst {
+                        burst: self.burst,
+                        onset,
+                        end: last_speech_end,
+                    });
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Tells the caller's voice from Frontdoor's own voice echoed back by their
+/// phone: a Geigel double-talk detector. Echo can be no louder than what
+/// was sent, less the echo return loss, so caller audio quieter than
+/// [`BargeInConfig::echo_ratio`] times the loudest sample Frontdoor sent
+/// over the echo tail is taken for echo.
+///
+/// The reference is the peak level the media layer sent over the tail
+/// (`MediaHandle::recent_sent_peak`), not the waveform: a level comparison
+/// needs no alignment finer than the tail, costs nothing per frame, and
+/// unlike an adaptive echo canceller cannot diverge. What it cannot do is
+/// hear a caller who talks more softly than the echo bound over Frontdoor
+/// at full voice; they are still heard in Frontdoor's pauses.
+#[derive(Debug, Clone)]
+pub struct EchoGate {
+    ratio: f32,
+    hold: Duration,
+    caller_until: Duration,
+}
+
+/// Below this peak (about -40 dBFS) Frontdoor sent nothing that could echo.
+const QUIET_REFERENCE: u16 = 330;
+
+impl EchoGate {
+    pub fn new(config: &BargeInConfig) -> Self {
+        Self {
+            ratio: config.echo_ratio,
+            hold: config.double_talk_hold,
+            caller_until: Duration::ZERO,
+        }
+    }
+
+    /// Whether the audio of the window ending at `end`, with peak
+    /// `caller_peak`, can be the caller (true) or is only echo (false), given
+    /// the loudest sample Frontdoor sent over the echo tail.
+    pub fn is_caller(&mut self, end: Duration, caller_peak: u16, reference_peak: u16) -> bool {
+        if reference_peak < QUIET_REFERENCE
+            || f32::from(caller_peak) > self.ratio * f32::from(reference_peak)
+        {
+            self.caller_until = end + self.hold;
+            return true;
+        }
+        end <= self.caller_until
     }
 }
 
@@ -767,6 +1024,151 @@ mod tests {
         detector.set_bot_speaking(true);
         let again = windows(Duration::from_secs(3), &run(320, 0.9));
         assert_eq!(feed_barge_in(&mut detector, &again).len(), 1);
+    }
+
+    fn feed_interruption(
+        detector: &mut InterruptionDetector,
+        windows: &[VadWindow],
+    ) -> Vec<InterruptionEvent> {
+        windows
+            .iter()
+            .filter_map(|w| detector.observe(*w))
+            .collect()
+    }
+
+    fn talking_detector() -> InterruptionDetector {
+        let mut detector = InterruptionDetector::new(BargeInConfig::default());
+        detector.set_bot_speaking(true);
+        detector
+    }
+
+    #[test]
+    fn speech_over_frontdoor_pauses_at_its_first_window_then_barges_in() {
+        let mut detector = talking_detector();
+        let mut probabilities = run(640, 0.05);
+        probabilities.extend(run(1600, 0.9));
+        let events = feed_interruption(&mut detector, &windows(Duration::ZERO, &probabilities));
+        let onset = Duration::from_millis(640);
+        assert_eq!(events[0], InterruptionEvent::Pause { onset });
+        assert_eq!(
+            events[1],
+            InterruptionEvent::BargeIn {
+                onset,
+                // 800 ms of speech, rounded up to a whole window.
+                detected_at: onset + Duration::from_millis(800),
+            }
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+    }
+
+    #[test]
+    fn a_click_pauses_then_resumes_without_a_verdict() {
+        let mut detector = talking_detector();
+        let mut probabilities = run(320, 0.05);
+        probabilities.extend(run(96, 0.95));
+        probabilities.extend(run(640, 0.05));
+        let events = feed_interruption(&mut detector, &windows(Duration::ZERO, &probabilities));
+        let onset = Duration::from_millis(320);
+        assert_eq!(
+            events,
+            vec![
+                InterruptionEvent::Pause { onset },
+                InterruptionEvent::Resume { onset }
+            ]
+        );
+        assert!(!detector.holding());
+        // Re-armed: the next real interruption still works.
+        let later = windows(Duration::from_secs(2), &run(960, 0.9));
+        assert!(
+            feed_interruption(&mut detector, &later)
+                .iter()
+                .any(|e| matches!(e, InterruptionEvent::BargeIn { .. }))
+        );
+    }
+
+    #[test]
+    fn a_short_burst_waits_for_the_verdict_on_its_words() {
+        let mut detector = talking_detector();
+        let mut probabilities = run(320, 0.05);
+        probabilities.extend(run(416, 0.9));
+        probabilities.extend(run(640, 0.05));
+        let events = feed_interruption(&mut detector, &windows(Duration::ZERO, &probabilities));
+        let [
+            InterruptionEvent::Pause { .. },
+            InterruptionEvent::ShortBurst { burst, onset, end },
+        ] = events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(onset, Duration::from_millis(320));
+        assert_eq!(end, Duration::from_millis(736));
+        assert!(detector.holding(), "held while the words are recognised");
+        // "yeah": a backchannel; Frontdoor carries on and is re-armed.
+        assert!(detector.verdict(burst, true));
+        assert!(!detector.holding());
+        assert!(!detector.verdict(burst, true), "one verdict per burst");
+        // "stop": a short request is a barge-in.
+        let again = windows(
+            Duration::from_secs(2),
+            &[&run(320, 0.9)[..], &run(320, 0.05)].concat(),
+        );
+        let events = feed_interruption(&mut detector, &again);
+        let Some(InterruptionEvent::ShortBurst { burst, .. }) = events.last().copied() else {
+            panic!("{events:?}");
+        };
+        assert!(detector.verdict(burst, false));
+        assert!(
+            feed_interruption(
+                &mut detector,
+                &windows(Duration::from_secs(3), &run(960, 0.9))
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn speech_resuming_after_a_burst_makes_its_verdict_moot() {
+        let mut detector = talking_detector();
+        let mut probabilities = run(320, 0.9);
+        probabilities.extend(run(224, 0.05));
+        let first = feed_interruption(&mut detector, &windows(Duration::ZERO, &probabilities));
+        let Some(InterruptionEvent::ShortBurst { burst, .. }) = first.last().copied() else {
+            panic!("{first:?}");
+        };
+        let more = feed_interruption(
+            &mut detector,
+            &windows(Duration::from_millis(544), &run(640, 0.9)),
+        );
+        assert_eq!(
+            more,
+            vec![InterruptionEvent::BargeIn {
+                onset: Duration::ZERO,
+                detected_at: Duration::from_millis(800),
+            }]
+        );
+        assert!(!detector.verdict(burst, true), "stale verdict ignored");
+    }
+
+    #[test]
+    fn nothing_is_held_while_frontdoor_is_silent() {
+        let mut detector = InterruptionDetector::new(BargeInConfig::default());
+        assert!(
+            feed_interruption(&mut detector, &windows(Duration::ZERO, &run(1600, 0.9))).is_empty()
+        );
+    }
+
+    #[test]
+    fn echo_gate_passes_the_caller_and_drops_frontdoors_echo() {
+        let mut gate = EchoGate::new(&BargeInConfig::default());
+        let ms = Duration::from_millis;
+        // Frontdoor silent: anything is the caller.
+        assert!(gate.is_caller(ms(32), 500, 0));
+        // Frontdoor at -1 dBFS, echo at -10 dB: echo.
+        assert!(!gate.is_caller(ms(1_000), 9_200, 29_000));
+        // The caller as loud as Frontdoor: double talk, held briefly over soft syllables.
+        assert!(gate.is_caller(ms(1_032), 25_000, 29_000));
+        assert!(gate.is_caller(ms(1_160), 4_000, 29_000));
+        assert!(!gate.is_caller(ms(1_400), 4_000, 29_000));
     }
 
     #[test]
