@@ -43,6 +43,16 @@ fn peers_and_models(test: &str) -> bool {
     true
 }
 
+/// Each test runs real models (Whisper, Piper) against real timing: two at
+/// once on a 2-core machine starve each other and turn timing into noise, so
+/// the calls in this file run one after another.
+fn one_call_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Speaks `text` with a neural voice (`frontdoor say`, Piper) into raw µ-law
 /// at 8 kHz, with silence around it: a caller's recorded question.
 fn caller_voice(dir: &Path, text: &str, lead_ms: u32, tail_ms: u32) -> PathBuf {
@@ -139,6 +149,7 @@ fn spoken_question_gets_the_right_spoken_answer() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // The greeting takes about 12 s; the caller waits for it, then asks.
     let voice = caller_voice(dir.path(), "When is my bin collection day?", 15_000, 30_000);
@@ -186,6 +197,7 @@ fn caller_talking_over_the_greeting_stops_it_and_is_answered() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // The caller speaks 3 s in, while the (12 s) greeting is still playing.
     let lead_ms = 3_000;
@@ -384,6 +396,7 @@ fn backchannels_a_cough_and_a_click_do_not_stop_the_answer() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = short_greeting_config(dir.path());
     let question = spoken_8k(dir.path(), "When is my bin collection day?");
@@ -441,6 +454,7 @@ fn frontdoors_own_echo_does_not_interrupt_it() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = short_greeting_config(dir.path());
     // The caller's phone returns Frontdoor's greeting 120 ms late at -10 dB
@@ -573,6 +587,7 @@ fn pressing_zero_reaches_the_request_for_a_person() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     if !pcap.is_file() {
         eprintln!(
             "*** SKIPPED {test}: SIPp's DTMF capture {} missing ***",
@@ -610,6 +625,7 @@ fn silence_gets_a_reprompt_then_a_polite_goodbye() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = short_greeting_config(dir.path());
     let dialplan = r#"
@@ -656,6 +672,7 @@ fn caller_hanging_up_mid_answer_tears_down_cleanly() {
     if !peers_and_models(test) {
         return;
     }
+    let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let config = short_greeting_config(dir.path());
     let question = spoken_8k(dir.path(), "When is my bin collection day?");

@@ -217,8 +217,11 @@ enum Speculated {
 /// Longest Frontdoor stays held without a decision.
 const MAX_HOLD: Duration = Duration::from_secs(3);
 /// How far back the echo reference looks: the echo path (the caller's phone,
-/// the network both ways) plus the jitter buffer and the event queue.
-const ECHO_TAIL: Duration = Duration::from_millis(560);
+/// the network both ways) plus the jitter buffer and the event queue. 560 ms
+/// let echo through on a loaded host (late ticks stretch the path), so the
+/// tail is a full second; the cost is that a caller must be louder than
+/// half of Frontdoor's level over that second to interrupt.
+const ECHO_TAIL: Duration = Duration::from_millis(1000);
 
 /// Words that acknowledge rather than interrupt; Whisper's usual renderings
 /// of "mm hmm" and its habit of hearing "you" in a breath are included.
