@@ -20,7 +20,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 
 step "tests"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
 
 if [ "${FRONTDOOR_SKIP_FUZZ:-0}" != 1 ]; then
   step "fuzz smoke (SIP, SDP, RTP parsers)"
