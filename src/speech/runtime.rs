@@ -134,6 +134,65 @@ fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// Opens an ONNX session the way every model here runs: full graph
+/// optimisation, `intra_threads` threads (1 for per-call models), no
+/// inter-op parallelism and no spinning — spinning threads would burn the
+/// cores the other calls need. The error is the runtime's message.
+pub fn open_session(path: &Path, intra_threads: usize) -> Result<ort::session::Session, String> {
+    use ort::session::builder::GraphOptimizationLevel;
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    ort::session::Session::builder()
+        .map_err(|e| text(&e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| text(&e))?
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| text(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| text(&e))?
+        .with_intra_op_spinning(false)
+        .map_err(|e| text(&e))?
+        .commit_from_file(path)
+        .map_err(|e| text(&e))
+}
+
+/// Sessions of one model shared by many calls: `Session::run` needs
+/// exclusive access, so each run takes a free session, or waits on the
+/// next one in turn when all are busy.
+pub struct SessionPool {
+    sessions: Vec<Mutex<ort::session::Session>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SessionPool {
+    /// `sessions` must not be empty.
+    pub fn new(sessions: Vec<ort::session::Session>) -> SessionPool {
+        assert!(!sessions.is_empty(), "a session pool needs a session");
+        SessionPool {
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ort::session::Session> {
+        for session in &self.sessions {
+            if let Some(guard) = session.try_lock() {
+                return guard;
+            }
+        }
+        let index =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.sessions.len();
+        self.sessions[index].lock()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,10 +9,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 use ort::value::Tensor;
 use parking_lot::{Mutex, RwLock};
@@ -143,8 +142,7 @@ impl VoiceConfig {
 pub struct PiperVoice {
     config: VoiceConfig,
     options: PiperVoiceOptions,
-    sessions: Vec<Mutex<Session>>,
-    next_session: AtomicUsize,
+    sessions: runtime::SessionPool,
     model_path: PathBuf,
 }
 
@@ -222,14 +220,15 @@ impl PiperVoice {
         }
         let config = VoiceConfig::load(config_json)?;
         runtime::ensure_initialised()?;
-        let sessions = (0..options.sessions.max(1))
-            .map(|_| new_session(onnx, options.intra_threads).map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions = runtime::SessionPool::new(
+            (0..options.sessions.max(1))
+                .map(|_| new_session(onnx, options.intra_threads))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
         Ok(Self {
             config,
             options,
             sessions,
-            next_session: AtomicUsize::new(0),
             model_path: onnx.to_path_buf(),
         })
     }
@@ -356,39 +355,15 @@ impl PiperVoice {
 
     /// A free session if there is one, else wait for the next in turn.
     fn lock_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        for session in &self.sessions {
-            if let Some(guard) = session.try_lock() {
-                return guard;
-            }
-        }
-        let index = self.next_session.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        self.sessions[index].lock()
+        self.sessions.lock()
     }
 }
 
 fn new_session(onnx: &Path, intra_threads: usize) -> Result<Session, SpeechError> {
-    let error = |e: ort::Error| SpeechError::ModelLoad {
+    runtime::open_session(onnx, intra_threads).map_err(|reason| SpeechError::ModelLoad {
         path: onnx.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let map_builder =
-        |e: ort::Error<ort::session::builder::SessionBuilder>| SpeechError::ModelLoad {
-            path: onnx.to_path_buf(),
-            reason: e.to_string(),
-        };
-    Session::builder()
-        .map_err(error)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(map_builder)?
-        .with_intra_threads(intra_threads.max(1))
-        .map_err(map_builder)?
-        .with_inter_threads(1)
-        .map_err(map_builder)?
-        // Spinning threads would burn the cores the other calls need.
-        .with_intra_op_spinning(false)
-        .map_err(map_builder)?
-        .commit_from_file(onnx)
-        .map_err(error)
+        reason,
+    })
 }
 
 fn normalise_peak(audio: &mut [f32]) {

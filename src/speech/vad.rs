@@ -9,13 +9,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use parking_lot::Mutex;
 
 use super::{SpeechError, TELEPHONY_RATE, runtime};
 
@@ -39,8 +36,7 @@ pub struct VadWindow {
 
 /// The Silero model, shared by every call.
 pub struct SileroVadModel {
-    sessions: Vec<Mutex<Session>>,
-    next_session: AtomicUsize,
+    sessions: runtime::SessionPool,
     path: PathBuf,
 }
 
@@ -67,12 +63,13 @@ impl SileroVadModel {
             });
         }
         runtime::ensure_initialised()?;
-        let sessions = (0..sessions.max(1))
-            .map(|_| new_session(path).map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions = runtime::SessionPool::new(
+            (0..sessions.max(1))
+                .map(|_| new_session(path))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
         Ok(Arc::new(Self {
             sessions,
-            next_session: AtomicUsize::new(0),
             path: path.to_path_buf(),
         }))
     }
@@ -104,13 +101,7 @@ impl SileroVadModel {
     }
 
     fn lock_session(&self) -> parking_lot::MutexGuard<'_, Session> {
-        for session in &self.sessions {
-            if let Some(guard) = session.try_lock() {
-                return guard;
-            }
-        }
-        let index = self.next_session.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        self.sessions[index].lock()
+        self.sessions.lock()
     }
 }
 
@@ -119,18 +110,7 @@ fn new_session(path: &Path) -> Result<Session, SpeechError> {
         path: path.to_path_buf(),
         reason,
     };
-    let session = Session::builder()
-        .map_err(|e| failed(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| failed(e.to_string()))?
-        .with_intra_threads(1)
-        .map_err(|e| failed(e.to_string()))?
-        .with_inter_threads(1)
-        .map_err(|e| failed(e.to_string()))?
-        .with_intra_op_spinning(false)
-        .map_err(|e| failed(e.to_string()))?
-        .commit_from_file(path)
-        .map_err(|e| failed(e.to_string()))?;
+    let session = runtime::open_session(path, 1).map_err(failed)?;
     let has = |names: &mut dyn Iterator<Item = &str>, wanted: &[&str]| {
         let names: Vec<&str> = names.collect();
         wanted.iter().all(|w| names.contains(w))
