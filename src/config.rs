@@ -45,6 +45,114 @@ pub struct Config {
     pub models: ModelsSection,
     /// Agents, their registration credentials and queues (human hand-off).
     pub handoff: crate::handoff::HandoffSection,
+    /// Supervisor dashboard: users, sessions, login throttling.
+    pub dashboard: DashboardSection,
+    /// PII redaction and data retention.
+    pub governance: GovernanceSection,
+}
+
+/// Dashboard role: supervisors watch and step into calls; admins also see
+/// the admin pages (users, configuration, agents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Supervisor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One dashboard login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardUser {
+    pub name: String,
+    pub role: Role,
+    /// An argon2 PHC string (`frontdoor dashboard hash-password`).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Or: an environment variable holding the plain password (hashed in
+    /// memory at start-up, never logged).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The hand-off agent id whose phone "take over → to me" rings.
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSection {
+    /// Serve the dashboard on the HTTP listener.
+    pub enabled: bool,
+    /// A session ends after this long without a request.
+    pub session_idle_mins: u64,
+    /// And at the latest this long after login.
+    pub session_max_hours: u64,
+    /// Failed logins allowed per user name and per client address in
+    /// `login_window_secs` before further attempts get 429.
+    pub login_attempts: u32,
+    pub login_window_secs: u64,
+    /// Mark cookies `Secure` (set when the dashboard is behind TLS).
+    pub secure_cookies: bool,
+    pub user: Vec<DashboardUser>,
+}
+
+impl Default for DashboardSection {
+    fn default() -> Self {
+        DashboardSection {
+            enabled: true,
+            session_idle_mins: 30,
+            session_max_hours: 12,
+            login_attempts: 5,
+            login_window_secs: 300,
+            secure_cookies: false,
+            user: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernanceSection {
+    /// What is redacted from transcripts, audit details and logs before
+    /// they are stored: any of "card", "sort_code", "account_number",
+    /// "ni_number", "phone", "email". Recordings are kept as they are.
+    pub redact: Vec<String>,
+    /// Transcripts (turns, transfer summaries) older than this many days
+    /// are purged; 0 keeps them forever.
+    pub transcript_retention_days: u32,
+    /// Recordings older than this many days are deleted; 0 keeps them.
+    pub recording_retention_days: u32,
+    /// How often the engine looks for data past retention.
+    pub purge_interval_mins: u64,
+}
+
+impl Default for GovernanceSection {
+    fn default() -> Self {
+        GovernanceSection {
+            redact: [
+                "card",
+                "sort_code",
+                "account_number",
+                "ni_number",
+                "phone",
+                "email",
+            ]
+            .map(String::from)
+            .to_vec(),
+            transcript_retention_days: 90,
+            recording_retention_days: 30,
+            purge_interval_mins: 60,
+        }
+    }
 }
 
 /// Where the speech models are. By default everything comes from the cache

@@ -90,10 +90,21 @@ pub struct CallLog<'a> {
     pub store: &'a StoreHandle,
     pub events: &'a EventBus,
     pub call_id: &'a str,
+    /// Personal data is redacted from everything written through this log
+    /// (store, live events, tracing); the recording keeps the audio.
+    pub redactor: &'a crate::governance::Redactor,
 }
 
 impl CallLog<'_> {
+    /// `text` with the configured personal data redacted.
+    pub fn redact<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.redactor.redact(text)
+    }
+
     async fn turn(&self, speaker: &str, text: &str, detail: Option<(&crate::answer::Turn, &str)>) {
+        let text = &*self.redactor.redact(text);
+        let redacted_reason = detail.map(|(_, r)| self.redactor.redact(r).into_owned());
+        let detail = detail.map(|(t, _)| (t, redacted_reason.as_deref().unwrap_or_default()));
         info!(speaker, text, "transcript");
         let now = Utc::now();
         self.events.publish(CallEvent::Transcript {
@@ -128,13 +139,18 @@ impl CallLog<'_> {
     }
 
     async fn audit(&self, action: &str, detail: String) {
+        self.audit_as("ai", action, &detail).await
+    }
+
+    /// An audit entry with its detail redacted.
+    pub async fn audit_as(&self, actor: &str, action: &str, detail: &str) {
         self.store
             .audit(AuditEntry {
                 at: Utc::now(),
-                actor: "ai".into(),
+                actor: actor.into(),
                 action: action.into(),
                 call_id: Some(self.call_id.to_string()),
-                detail,
+                detail: self.redactor.redact(detail).into_owned(),
             })
             .await;
     }
@@ -497,7 +513,7 @@ impl Pipeline<'_> {
                         !short_burst_interrupts(&text) && !self.is_complete_request(&text);
                     self.listener.verdict(burst, backchannel);
                     if backchannel {
-                        info!(words = %text, "backchannel over the answer; carrying on");
+                        info!(words = %log.redact(&text), "backchannel over the answer; carrying on");
                         log.audit("backchannel", format!("caller said {text:?} over the answer; it carried on")).await;
                         self.release(media);
                     } else {
@@ -701,7 +717,9 @@ impl Pipeline<'_> {
                         at: Utc::now(),
                         reference: reference.clone(),
                         kind: kind.clone(),
-                        details_json: serde_json::to_string(slots).unwrap_or_default(),
+                        details_json: log
+                            .redact(&serde_json::to_string(slots).unwrap_or_default())
+                            .into_owned(),
                     })
                     .await;
                 log.audit("request_completed", format!("{kind} {reference}"))

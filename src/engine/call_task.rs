@@ -236,6 +236,7 @@ async fn answer_and_run(
                 store: &shared.store,
                 events: &shared.events,
                 call_id: id,
+                redactor: &shared.redactor,
             },
         };
         let run = run_actions(&actions, &mut media, &mut log, &ctx);

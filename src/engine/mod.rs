@@ -63,6 +63,10 @@ struct Shared {
     assistant: Option<crate::call::assistant::AssistantServices>,
     handoff: Option<crate::handoff::Handoff>,
     events: crate::events::EventBus,
+    /// Supervisor commands and listen-in taps, by call id.
+    #[allow(dead_code)] // wired into call tasks by the live-control change
+    live: crate::control::LiveCalls,
+    redactor: Arc<crate::governance::Redactor>,
 }
 
 /// Runs the engine until `shutdown` fires, then drains calls within the
@@ -165,11 +169,26 @@ pub async fn run(
     let metrics = Metrics::new();
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let events = crate::events::EventBus::new();
+    let live = crate::control::LiveCalls::new();
+    let redactor = Arc::new(
+        crate::governance::Redactor::from_config(&config.governance)
+            .context("governance configuration")?,
+    );
+    let auth = Arc::new(
+        crate::dashboard::auth::Auth::from_config(&config.dashboard)
+            .context("dashboard configuration")?,
+    );
     let http_state = crate::http::AppState {
         metrics: metrics.clone(),
         store: store.clone(),
         events: events.clone(),
         config: Arc::new(config.clone()),
+        reader: crate::store::StoreReader::open_sqlite(&data_dir)?,
+        live: live.clone(),
+        handoff: handoff.clone(),
+        auth,
+        redactor: redactor.clone(),
+        recordings_dir: recordings_dir.clone(),
     };
     let (http_addr, http_fut) = crate::http::serve(config.http.listen, http_state, async move {
         let mut rx = http_stop_rx;
@@ -207,6 +226,8 @@ pub async fn run(
         assistant,
         handoff,
         events,
+        live,
+        redactor,
     });
 
     let mut calls: HashMap<CallKey, mpsc::Sender<CallSignal>> = HashMap::new();

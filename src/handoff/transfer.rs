@@ -43,7 +43,6 @@ use crate::sip::peer::{Peer, Transport};
 use crate::sip::{
     CallKey, OutboundEvent, OutgoingInvite, ReferEvent, RegistrationEvent, SipHandle,
 };
-use crate::store::AuditEntry;
 
 /// Synthesised audio, when it arrives.
 pub type SpeechFuture<'a> = Pin<Box<dyn Future<Output = Option<Arc<[i16]>>> + Send + 'a>>;
@@ -266,8 +265,8 @@ impl Handoff {
                     "reason": request.reason.as_str(),
                     "priority": request.priority,
                     "queue": queue_name,
-                    "summary": request.summary,
-                    "transcript": request.transcript,
+                    "summary": log.redact(&request.summary),
+                    "transcript": request.transcript.iter().map(|t| log.redact(t)).collect::<Vec<_>>(),
                 })
                 .to_string(),
             )
@@ -985,15 +984,7 @@ fn publish_state(log: &CallLog<'_>, state: &str) {
 }
 
 async fn audit(log: &CallLog<'_>, action: &str, detail: String) {
-    log.store
-        .audit(AuditEntry {
-            at: Utc::now(),
-            actor: "system".into(),
-            action: action.into(),
-            call_id: Some(log.call_id.to_string()),
-            detail,
-        })
-        .await;
+    log.audit_as("system", action, &detail).await
 }
 
 /// An external agent's configured `sip:` URI with an IP literal host.

@@ -11,6 +11,7 @@
 //! nothing already written, and on the next start-up calls left open are
 //! closed as `interrupted`.
 
+mod read;
 mod sqlite;
 
 use std::sync::Arc;
@@ -21,6 +22,9 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+pub use read::{
+    CallDetail, CallEventRecord, CallQueries, CallSearch, CallSummary, Kpis, StoreReader,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Error)]
@@ -143,6 +147,33 @@ pub struct AuditEntry {
     pub action: String,
     pub call_id: Option<String>,
     pub detail: String,
+}
+
+/// A hand-off to a person (by the AI or a supervisor), written when it ends.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferRecord {
+    pub call_id: String,
+    pub requested_at: DateTime<Utc>,
+    /// `ai` or the dashboard user who took the call over.
+    pub requested_by: String,
+    /// distress, safeguarding, emergency, human_request, complexity, supervisor.
+    pub reason: String,
+    pub queue: Option<String>,
+    pub agent: Option<String>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// completed, referred, caller_gone, no_agent, not_configured.
+    pub outcome: String,
+}
+
+/// What a retention purge removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeResult {
+    pub turns_deleted: usize,
+    /// Transfer summaries/transcripts and request details cleared.
+    pub details_cleared: usize,
+    /// Recording files whose records were cleared; the caller deletes them.
+    pub recordings: Vec<String>,
 }
 
 /// A storage backend. Implementations must make each call durable before
@@ -337,6 +368,22 @@ impl StoreHandle {
 
     pub async fn audit(&self, entry: AuditEntry) {
         self.send(Command::Audit(entry)).await
+    }
+
+    /// Records a finished hand-off (placeholder until the store helper lands it).
+    pub async fn transfer(&self, transfer: TransferRecord) {
+        let _ = transfer;
+    }
+
+    /// Removes transcripts before `transcripts_before` and recordings before
+    /// `recordings_before` (placeholder until the store helper lands it).
+    pub async fn purge_before(
+        &self,
+        transcripts_before: Option<DateTime<Utc>>,
+        recordings_before: Option<DateTime<Utc>>,
+    ) -> Result<PurgeResult, StoreError> {
+        let _ = (transcripts_before, recordings_before);
+        Ok(PurgeResult::default())
     }
 
     pub async fn close_interrupted(&self, node: &str) -> Result<usize, StoreError> {

@@ -233,10 +233,12 @@ async fn run_call(
     })
     .await;
     assert!(matches!(acked, Ok(true)), "the caller ACKed our 200");
+    let redactor = frontdoor::governance::Redactor::none();
     let log = CallLog {
         store: &store,
         events: &bus,
         call_id: &id,
+        redactor: &redactor,
     };
     let announcer = ToneAnnouncer;
     let work = async {

@@ -1,0 +1,13 @@
+//! The supervisor dashboard (placeholder; see auth.rs and views.rs).
+
+pub mod auth;
+pub mod views;
+
+use axum::Router;
+
+use crate::http::AppState;
+
+/// Every dashboard route, login included.
+pub fn router() -> Router<AppState> {
+    auth::routes().merge(views::routes())
+}
