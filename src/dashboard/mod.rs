@@ -1,6 +1,7 @@
 //! The supervisor dashboard (placeholder; see auth.rs and views.rs).
 
 pub mod auth;
+pub mod live;
 pub mod views;
 
 use axum::Router;

@@ -189,6 +189,7 @@ pub async fn run(
         auth,
         redactor: redactor.clone(),
         recordings_dir: recordings_dir.clone(),
+        board: crate::dashboard::live::LiveBoard::start(&events),
     };
     let (http_addr, http_fut) = crate::http::serve(config.http.listen, http_state, async move {
         let mut rx = http_stop_rx;

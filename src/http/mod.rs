@@ -33,6 +33,8 @@ pub struct AppState {
     /// Redacts personal data from anything the dashboard writes to the audit log.
     pub redactor: Arc<crate::governance::Redactor>,
     pub recordings_dir: std::path::PathBuf,
+    /// Calls in progress as the live board shows them.
+    pub board: crate::dashboard::live::LiveBoard,
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
