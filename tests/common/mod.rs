@@ -157,6 +157,7 @@ pub struct EngineBuilder {
     config_toml: String,
     dialplans: Vec<(String, String)>,
     extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Default for EngineBuilder {
@@ -165,6 +166,7 @@ impl Default for EngineBuilder {
             config_toml: String::new(),
             dialplans: vec![("main.toml".into(), STANDARD_DIALPLAN.into())],
             extra_args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -181,6 +183,12 @@ impl EngineBuilder {
             .iter()
             .map(|(n, c)| ((*n).to_owned(), (*c).to_owned()))
             .collect();
+        self
+    }
+
+    /// An environment variable for the engine (e.g. a `password_env`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -290,6 +298,7 @@ impl Engine {
             .arg("--dialplans")
             .arg(&dirs.dialplans)
             .args(&builder.extra_args)
+            .envs(builder.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
