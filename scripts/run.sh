@@ -30,4 +30,15 @@ command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || {
 }
 target/release/frontdoor models fetch
 target/release/frontdoor dialplan check
+# The dashboard's first admin: a random password kept (0600) under data/
+# unless the operator provides one.
+if [ -z "${FRONTDOOR_ADMIN_PASSWORD:-}" ]; then
+  mkdir -p data
+  if [ ! -s data/admin-password ]; then
+    (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > data/admin-password)
+    echo "dashboard: created an admin password in data/admin-password (user: admin)"
+  fi
+  FRONTDOOR_ADMIN_PASSWORD="$(cat data/admin-password)"
+  export FRONTDOOR_ADMIN_PASSWORD
+fi
 exec target/release/frontdoor serve "$@"
