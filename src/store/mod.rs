@@ -13,6 +13,7 @@
 
 mod read;
 mod sqlite;
+mod sqlite_read;
 
 use std::sync::Arc;
 use std::thread;
@@ -26,6 +27,7 @@ pub use read::{
     CallDetail, CallEventRecord, CallQueries, CallSearch, CallSummary, Kpis, StoreReader,
 };
 pub use sqlite::SqliteStore;
+pub use sqlite_read::{MAX_SEARCH_LIMIT, SqliteQueries, TextSearch, clamp_limit};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -200,10 +202,70 @@ pub trait CallStore: Send + 'static {
     fn turn(&mut self, turn: &TurnRecord) -> Result<(), StoreError>;
     fn request(&mut self, request: &RequestRecord) -> Result<(), StoreError>;
     fn audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
+    fn transfer(&mut self, transfer: &TransferRecord) -> Result<(), StoreError>;
+    /// A person's action on a call (`flagged`, `takeover`, ...): a call event
+    /// of kind `action` and an audit entry with the user as actor, together.
+    fn supervisor_action(
+        &mut self,
+        call_id: &str,
+        at: DateTime<Utc>,
+        user: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    /// Retention, one bounded batch: at most `max_calls` calls per side,
+    /// oldest first, in one transaction; returns what was removed and whether
+    /// more calls remain past the cutoffs. See [`CallStore::purge_before`].
+    fn purge_batch(
+        &mut self,
+        transcripts_before: Option<DateTime<Utc>>,
+        recordings_before: Option<DateTime<Utc>>,
+        max_calls: usize,
+    ) -> Result<(PurgeResult, bool), StoreError>;
+    /// Retention. Transcripts: for every ENDED call that started before
+    /// `transcripts_before`, deletes its turns, clears the summary and
+    /// transcript from its `transfer` call events, blanks its `dtmf` events and
+    /// empties its requests' details (the request itself, its reference and
+    /// kind stay for the statistics). Whole calls are purged, never half a
+    /// conversation: the cutoff applies to the call's start, not to each turn.
+    /// Recordings: for every ended call that started before
+    /// `recordings_before`, clears `recording_path` and returns the paths so
+    /// the caller deletes the files. Calls in progress are never touched and
+    /// the audit log is append-only (the database refuses it anyway). Purged
+    /// calls are marked (`transcript_purged_at`, `recording_purged_at`).
+    fn purge_before(
+        &mut self,
+        transcripts_before: Option<DateTime<Utc>>,
+        recordings_before: Option<DateTime<Utc>>,
+    ) -> Result<PurgeResult, StoreError> {
+        let mut total = PurgeResult::default();
+        loop {
+            let (batch, more) =
+                self.purge_batch(transcripts_before, recordings_before, PURGE_BATCH_CALLS)?;
+            total.absorb(batch);
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
     fn turns(&mut self, call_id: &str) -> Result<Vec<TurnRecord>, StoreError>;
     fn audit_for_call(&mut self, call_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
     fn call(&mut self, id: &str) -> Result<Option<CallRecord>, StoreError>;
     fn recent_calls(&mut self, limit: usize) -> Result<Vec<CallRecord>, StoreError>;
+}
+
+/// Calls purged per transaction: small enough that the writer thread gets
+/// back to live calls' records within milliseconds, even on a first purge of
+/// years of history.
+pub const PURGE_BATCH_CALLS: usize = 200;
+
+impl PurgeResult {
+    /// Adds another batch's counts and paths to these.
+    pub fn absorb(&mut self, batch: PurgeResult) {
+        self.turns_deleted += batch.turns_deleted;
+        self.details_cleared += batch.details_cleared;
+        self.recordings.extend(batch.recordings);
+    }
 }
 
 enum Command {
@@ -227,6 +289,19 @@ enum Command {
     Turn(TurnRecord),
     Request(RequestRecord),
     Audit(AuditEntry),
+    Transfer(TransferRecord),
+    SupervisorAction {
+        call_id: String,
+        at: DateTime<Utc>,
+        user: String,
+        action: String,
+        detail: String,
+    },
+    PurgeBatch {
+        transcripts_before: Option<DateTime<Utc>>,
+        recordings_before: Option<DateTime<Utc>>,
+        reply: oneshot::Sender<Result<(PurgeResult, bool), StoreError>>,
+    },
     CloseInterrupted {
         node: String,
         reply: oneshot::Sender<Result<usize, StoreError>>,
@@ -290,6 +365,26 @@ impl StoreHandle {
                         Command::Turn(t) => store.turn(&t),
                         Command::Request(r) => store.request(&r),
                         Command::Audit(a) => store.audit(&a),
+                        Command::Transfer(t) => store.transfer(&t),
+                        Command::SupervisorAction {
+                            call_id,
+                            at,
+                            user,
+                            action,
+                            detail,
+                        } => store.supervisor_action(&call_id, at, &user, &action, &detail),
+                        Command::PurgeBatch {
+                            transcripts_before,
+                            recordings_before,
+                            reply,
+                        } => {
+                            let _ = reply.send(store.purge_batch(
+                                transcripts_before,
+                                recordings_before,
+                                PURGE_BATCH_CALLS,
+                            ));
+                            Ok(())
+                        }
                         Command::CloseInterrupted { node, reply } => {
                             let _ = reply.send(store.close_interrupted(&node, Utc::now()));
                             Ok(())
@@ -370,20 +465,51 @@ impl StoreHandle {
         self.send(Command::Audit(entry)).await
     }
 
-    /// Records a finished hand-off (placeholder until the store helper lands it).
+    /// Records a finished hand-off.
     pub async fn transfer(&self, transfer: TransferRecord) {
-        let _ = transfer;
+        self.send(Command::Transfer(transfer)).await
     }
 
-    /// Removes transcripts before `transcripts_before` and recordings before
-    /// `recordings_before` (placeholder until the store helper lands it).
+    /// A dashboard user's action on a call (`flagged`, `takeover`,
+    /// `hangup_by_supervisor`, ...): stored as a call event of that kind and
+    /// an audit entry with the user as actor, in one transaction. `detail`
+    /// must already be redacted.
+    pub async fn supervisor_action(&self, call_id: &str, user: &str, action: &str, detail: &str) {
+        self.send(Command::SupervisorAction {
+            call_id: call_id.to_string(),
+            at: Utc::now(),
+            user: user.to_string(),
+            action: action.to_string(),
+            detail: detail.to_string(),
+        })
+        .await
+    }
+
+    /// Retention purge; see [`CallStore::purge_before`]. Runs in batches of
+    /// [`PURGE_BATCH_CALLS`] calls, each queued behind the writes already
+    /// waiting, so live calls' records are never held up for long. The
+    /// returned recording paths are no longer referenced by any call: the
+    /// caller deletes the files and audits the purge.
     pub async fn purge_before(
         &self,
         transcripts_before: Option<DateTime<Utc>>,
         recordings_before: Option<DateTime<Utc>>,
     ) -> Result<PurgeResult, StoreError> {
-        let _ = (transcripts_before, recordings_before);
-        Ok(PurgeResult::default())
+        let mut total = PurgeResult::default();
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::PurgeBatch {
+                transcripts_before,
+                recordings_before,
+                reply,
+            })
+            .await;
+            let (batch, more) = rx.await.map_err(|_| StoreError::Closed)??;
+            total.absorb(batch);
+            if !more {
+                return Ok(total);
+            }
+        }
     }
 
     pub async fn close_interrupted(&self, node: &str) -> Result<usize, StoreError> {

@@ -1,5 +1,6 @@
-//! Read side of the call records for the dashboard (placeholder: the store
-//! helper implements it; the types and signatures are the contract).
+//! Read side of the call records for the dashboard: the query types, the
+//! [`CallQueries`] interface a backend implements, and [`StoreReader`], its
+//! async front.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,24 +96,12 @@ pub struct StoreReader {
     inner: Arc<dyn CallQueries>,
 }
 
-struct Empty;
-
-impl CallQueries for Empty {
-    fn search_calls(&self, _query: &CallSearch) -> Result<Vec<CallSummary>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn call_detail(&self, _id: &str) -> Result<Option<CallDetail>, StoreError> {
-        Ok(None)
-    }
-    fn kpis(&self, _from: DateTime<Utc>, _to: DateTime<Utc>) -> Result<Kpis, StoreError> {
-        Ok(Kpis::default())
-    }
-}
-
 impl StoreReader {
-    pub fn open_sqlite(_data_dir: &Path) -> Result<StoreReader, StoreError> {
+    /// Read-only connections to `data_dir/frontdoor.db`, which the writer
+    /// ([`super::SqliteStore::open`]) must have created already.
+    pub fn open_sqlite(data_dir: &Path) -> Result<StoreReader, StoreError> {
         Ok(StoreReader {
-            inner: Arc::new(Empty),
+            inner: Arc::new(super::SqliteQueries::open(data_dir)?),
         })
     }
 
