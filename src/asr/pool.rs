@@ -250,8 +250,10 @@ impl AsrPool {
         };
         // Counted before the send so a fast worker never decrements first.
         self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        let queue_slot = crate::metrics::pipeline().asr.queue_slot();
         if let Err(refused) = jobs.try_send(job) {
             self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            drop(queue_slot);
             return Err(match refused {
                 TrySendError::Full(_) => {
                     self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +262,7 @@ impl AsrPool {
                 TrySendError::Disconnected(_) => AsrError::ShutDown,
             });
         }
+        queue_slot.handed_over();
         self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
         // No await between the send and here, so a dropped future always
         // leaves this guard behind to cancel the job.
@@ -301,6 +304,8 @@ fn worker_loop(
     metrics: &AsrMetrics,
     on_job_done: Option<&(dyn Fn(&JobReport) + Send + Sync)>,
 ) {
+    let exported = &crate::metrics::pipeline().asr;
+    let _alive = exported.worker_started();
     loop {
         // The lock is held only while waiting for the next job; the other
         // workers wait on the lock instead of the channel, which is the same.
@@ -309,6 +314,7 @@ fn worker_loop(
             Err(_) => return,
         };
         metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        exported.queued.dec();
         let picked_up = Instant::now();
         let queue_wait = picked_up - job.submitted_at;
         let audio_seconds = job.audio.seconds();
@@ -317,6 +323,7 @@ fn worker_loop(
             Err(AsrError::Cancelled)
         } else {
             metrics.in_progress.fetch_add(1, Ordering::Relaxed);
+            let busy = exported.busy_while();
             let audio = job.audio.into_16k();
             let options = TranscribeOptions {
                 window: job.window,
@@ -325,6 +332,7 @@ fn worker_loop(
             };
             let result = transcriber.transcribe(&audio, &options);
             metrics.in_progress.fetch_sub(1, Ordering::Relaxed);
+            drop(busy);
             result
         };
         let processing = picked_up.elapsed();
@@ -332,6 +340,9 @@ fn worker_loop(
         let outcome = match &result {
             Ok(transcript) => {
                 metrics.completed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::pipeline()
+                    .asr_latency
+                    .observe(crate::metrics::seconds(queue_wait + processing));
                 let fell_back = transcript.window.fallback.is_some();
                 if fell_back {
                     metrics

@@ -1,11 +1,14 @@
-//! PII redaction and data retention (placeholder: the governance helper
-//! replaces this; the public API below is the contract).
+//! Data governance: personal data redaction before anything is stored or
+//! logged ([`Redactor`]), and retention of transcripts and recordings
+//! ([`retention`]).
 
-use std::borrow::Cow;
+mod redact;
+pub mod retention;
 
 use thiserror::Error;
 
-use crate::config::GovernanceSection;
+pub use redact::{PiiKind, Redactor};
+pub use retention::{PurgeReport, purge_once, spawn_retention};
 
 #[derive(Debug, Error)]
 pub enum GovernanceError {
@@ -13,23 +16,11 @@ pub enum GovernanceError {
         "unknown redaction kind {0:?} (known: card, sort_code, account_number, ni_number, phone, email)"
     )]
     UnknownKind(String),
-}
-
-/// Redacts personal data from text before it is stored or logged.
-#[derive(Debug, Clone, Default)]
-pub struct Redactor {}
-
-impl Redactor {
-    pub fn from_config(_cfg: &GovernanceSection) -> Result<Redactor, GovernanceError> {
-        Ok(Redactor {})
-    }
-
-    /// A redactor that changes nothing (tests, tools).
-    pub fn none() -> Redactor {
-        Redactor {}
-    }
-
-    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        Cow::Borrowed(text)
-    }
+    #[error("retention purge failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("recordings directory {path}: {source}")]
+    RecordingsDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -46,6 +46,13 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Some(handoff) = &state.handoff {
+        for queue in &state.config.handoff.queue {
+            state
+                .metrics
+                .set_handoff_queue_depth(&queue.name, handoff.waiting(&queue.name));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -469,6 +469,8 @@ pub struct TtsChunk {
 
 struct TtsJob {
     text: String,
+    /// For the time-to-first-audio histogram.
+    queued_at: std::time::Instant,
     cancel: Arc<Cancellation>,
     /// Unbounded, yet bounded by the request: at most one chunk per sentence
     /// of a text capped at `MAX_TEXT_CHARS`. A bounded channel would let a
@@ -558,12 +560,14 @@ impl TtsWorkerPool {
     pub fn try_speak(&self, text: &str) -> Result<TtsStream, SpeechError> {
         let (job, stream) = new_job(text)?;
         let jobs = self.jobs.as_ref().ok_or(SpeechError::WorkersStopped)?;
+        let queue_slot = crate::metrics::pipeline().tts.queue_slot();
         jobs.try_send(job).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SpeechError::QueueFull {
                 capacity: self.capacity,
             },
             mpsc::error::TrySendError::Closed(_) => SpeechError::WorkersStopped,
         })?;
+        queue_slot.handed_over();
         Ok(stream)
     }
 
@@ -571,9 +575,12 @@ impl TtsWorkerPool {
     pub async fn speak(&self, text: &str) -> Result<TtsStream, SpeechError> {
         let (job, stream) = new_job(text)?;
         let jobs = self.jobs.as_ref().ok_or(SpeechError::WorkersStopped)?;
+        // Dropped uncounted if this future is abandoned while waiting.
+        let queue_slot = crate::metrics::pipeline().tts.queue_slot();
         jobs.send(job)
             .await
             .map_err(|_| SpeechError::WorkersStopped)?;
+        queue_slot.handed_over();
         Ok(stream)
     }
 
@@ -603,6 +610,7 @@ fn new_job(text: &str) -> Result<(TtsJob, TtsStream), SpeechError> {
     Ok((
         TtsJob {
             text: text.to_string(),
+            queued_at: std::time::Instant::now(),
             cancel: Arc::clone(&cancel),
             chunks: sender,
         },
@@ -614,29 +622,49 @@ fn new_job(text: &str) -> Result<(TtsJob, TtsStream), SpeechError> {
 }
 
 fn worker_loop(voice: &PiperVoice, jobs: &Mutex<mpsc::Receiver<TtsJob>>, rate: u32) {
+    let exported = crate::metrics::pipeline();
+    let _alive = exported.tts.worker_started();
     loop {
         // One idle worker waits on the queue; the others wait for the lock.
         let Some(job) = jobs.lock().blocking_recv() else {
             return;
         };
+        exported.tts.queued.dec();
         if job.cancel.is_cancelled() || job.chunks.is_closed() {
             continue;
         }
-        let sentences = voice.sentences(&job.text, rate, Some(Arc::clone(&job.cancel)));
-        for (sentence_index, sentence) in sentences.enumerate() {
+        let _busy = exported.tts.busy_while();
+        let mut sentences = voice.sentences(&job.text, rate, Some(Arc::clone(&job.cancel)));
+        let mut sentence_index = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let Some(sentence) = sentences.next() else {
+                break;
+            };
             let chunk = match sentence {
-                Ok(spoken) => Ok(TtsChunk {
-                    sentence_index,
-                    text: spoken.text,
-                    samples: Arc::from(spoken.samples),
-                    sample_rate: spoken.sample_rate,
-                }),
+                Ok(spoken) => {
+                    exported
+                        .tts_sentence
+                        .observe(crate::metrics::seconds(started.elapsed()));
+                    if sentence_index == 0 {
+                        exported
+                            .tts_first_audio
+                            .observe(crate::metrics::seconds(job.queued_at.elapsed()));
+                    }
+                    Ok(TtsChunk {
+                        sentence_index,
+                        text: spoken.text,
+                        samples: Arc::from(spoken.samples),
+                        sample_rate: spoken.sample_rate,
+                    })
+                }
                 Err(SpeechError::Cancelled) => break,
                 Err(error) => {
                     tracing::warn!(%error, "TTS request failed");
                     Err(error)
                 }
             };
+            sentence_index += 1;
             if job.chunks.send(chunk).is_err() || job.cancel.is_cancelled() {
                 break;
             }
