@@ -13,6 +13,10 @@ declare -A wanted=(
     [sox]=sox
     [espeak-ng]=espeak-ng
     [cmake]=cmake
+    # The dashboard's end-to-end test: Playwright drives Debian's Chromium.
+    [chromium]=chromium
+    [node]=nodejs
+    [npm]=npm
 )
 
 SUDO=""
@@ -80,7 +84,23 @@ else
         "($(find "$TESTDATA_DIR" -name '*.wav' | wc -l) wav files)"
 fi
 
-for cmd in sipp baresip sox espeak-ng; do
+# Playwright for the dashboard test, exactly as locked in tests/e2e. Only
+# playwright-core: it drives /usr/bin/chromium and never downloads a browser
+# (`npx playwright install` would, and fails on this network). npm keeps its
+# download cache in ~/.npm, so a repeat run needs no registry.
+E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/e2e"
+if [ -f "$E2E_DIR/node_modules/.package-lock.json" ] \
+    && cmp -s "$E2E_DIR/package-lock.json" "$E2E_DIR/node_modules/.frontdoor-installed-lock.json"; then
+    echo "test-deps: tests/e2e node modules already installed"
+else
+    echo "test-deps: npm ci in tests/e2e"
+    npm ci --prefix "$E2E_DIR" --no-audit --no-fund --loglevel=error
+    cp "$E2E_DIR/package-lock.json" "$E2E_DIR/node_modules/.frontdoor-installed-lock.json"
+    echo "test-deps: installed playwright-core" \
+        "$(node -p "require('$E2E_DIR/node_modules/playwright-core/package.json').version")"
+fi
+
+for cmd in sipp baresip sox espeak-ng chromium node npm; do
     command -v "$cmd" >/dev/null 2>&1 || { echo "test-deps: $cmd still missing" >&2; exit 1; }
 done
 echo "test-deps: ok"

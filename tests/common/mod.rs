@@ -19,7 +19,8 @@ use tempfile::TempDir;
 
 /// The line the engine logs once it listens on SIP UDP and TCP.
 pub const READY_LINE: &str = "frontdoor ready";
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+// Loading the speech models takes 20-30 s on a busy 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
