@@ -24,6 +24,8 @@ pub enum TransferReason {
     /// The assistant is not getting anywhere: repeated low confidence,
     /// repetition, failed clarifications or frustration.
     Complexity,
+    /// A supervisor took the call over from the dashboard.
+    Supervisor,
 }
 
 impl TransferReason {
@@ -34,6 +36,7 @@ impl TransferReason {
             TransferReason::Safeguarding => "safeguarding",
             TransferReason::HumanRequest => "human_request",
             TransferReason::Complexity => "complexity",
+            TransferReason::Supervisor => "supervisor",
         }
     }
 

@@ -6,13 +6,28 @@
 pub mod assistant;
 pub mod listener;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
+use tracing::{info, warn};
 
+use crate::answer::{Priority, TransferReason};
+use crate::control::{CallPhase, PhaseHandle, TakeOverTarget};
 use crate::dialplan::Action;
+use crate::events::CallEvent;
+use crate::handoff::{TransferOrder, TransferOutcome, TransferRequest};
 use crate::media::{MediaEvent, MediaHandle};
+
+/// What the caller hears when a supervisor takes the call over (cached at
+/// start-up with the other fixed prompts).
+pub const TAKEOVER_LINE: &str = "I'm putting you through to a colleague now.";
+/// Caller lines kept for a take-over's summary, and how long each may be.
+const RECENT_CALLER_LINES: usize = 3;
+const MAX_LINE_CHARS: usize = 200;
 
 /// One call's media, independent of how the call arrived.
 pub struct CallMedia {
@@ -49,92 +64,409 @@ pub struct ActionContext<'a> {
     /// Agents and queues, when configured.
     pub handoff: Option<&'a crate::handoff::Handoff>,
     pub log: assistant::CallLog<'a>,
+    /// Supervisor take-overs, when the call is registered for live control.
+    pub supervisor: Option<Supervision<'a>>,
+}
+
+/// A supervisor's request to take the call over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeOver {
+    /// The dashboard user.
+    pub by: String,
+    pub target: TakeOverTarget,
+}
+
+/// How take-overs reach [`run_actions`]. The call task owns the command
+/// channel (it handles hang-ups itself, in every state) and forwards
+/// take-overs here; the phase tells the dashboard when a take-over cannot
+/// apply (the caller is already going to an agent).
+pub struct Supervision<'a> {
+    /// A tokio mutex because `run_actions` only has `&ActionContext`; it
+    /// is never contended (only `run_actions` receives).
+    pub takeovers: &'a tokio::sync::Mutex<mpsc::Receiver<TakeOver>>,
+    pub phase: &'a PhaseHandle,
 }
 
 /// Runs dialplan actions on a call until they finish or the media dies.
 /// The signalling layer races this future against caller hang-up and drops it
 /// when the caller leaves, so everything here must be cancel-safe.
+///
+/// A supervisor's take-over interrupts whichever action is running (the
+/// assistant, a prompt, a recording): the action's future is dropped, the
+/// caller hears [`TAKEOVER_LINE`] and is transferred. When nobody takes
+/// the call, the interrupted action starts again, so the caller is never
+/// left in silence.
 pub async fn run_actions(
     actions: &[Action],
     media: &mut CallMedia,
     log: &mut ActionLog,
     ctx: &ActionContext<'_>,
 ) -> ActionsOutcome {
-    for action in actions {
-        let step = match action {
-            Action::Assistant(options) => {
-                let Some(services) = ctx.assistant else {
-                    // The engine loads the services whenever a route uses
-                    // them, so this is a bug, not an operator error.
-                    tracing::error!("assistant action without loaded speech services");
-                    return ActionsOutcome::Finished;
+    let mut index = 0;
+    while let Some(action) = actions.get(index) {
+        let mut heard = CallerLines::listen(ctx, action);
+        let interrupted = {
+            let work = run_action(action, media, log, ctx);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    step = &mut work => break Err(step),
+                    takeover = next_takeover(ctx) => break Ok(takeover),
+                    event = heard.next(), if heard.is_listening() => heard.keep(ctx, event),
+                }
+            }
+        };
+        match interrupted {
+            Err(Some(outcome)) => return outcome,
+            Err(None) => index += 1,
+            Ok(takeover) => {
+                if let Some(outcome) = take_over(takeover, heard, media, log, ctx).await {
+                    return outcome;
+                }
+            }
+        }
+    }
+    ActionsOutcome::Finished
+}
+
+/// One dialplan action; `Some` ends the actions.
+async fn run_action(
+    action: &Action,
+    media: &mut CallMedia,
+    log: &mut ActionLog,
+    ctx: &ActionContext<'_>,
+) -> Option<ActionsOutcome> {
+    match action {
+        Action::Assistant(options) => {
+            let Some(services) = ctx.assistant else {
+                // The engine loads the services whenever a route uses
+                // them, so this is a bug, not an operator error.
+                tracing::error!("assistant action without loaded speech services");
+                return Some(ActionsOutcome::Finished);
+            };
+            let settings = assistant::AssistantSettings {
+                silence_reprompt: options.silence_reprompt,
+                max_reprompts: options.max_reprompts,
+                handoff_available: ctx.handoff.is_some(),
+                ..assistant::AssistantSettings::default()
+            };
+            loop {
+                publish_state(ctx, "assistant");
+                let outcome = assistant::run_assistant(services, &settings, media, &ctx.log).await;
+                let (ActionsOutcome::Transfer(request), Some(handoff)) = (&outcome, ctx.handoff)
+                else {
+                    return Some(outcome);
                 };
-                let settings = assistant::AssistantSettings {
-                    silence_reprompt: options.silence_reprompt,
-                    max_reprompts: options.max_reprompts,
-                    handoff_available: ctx.handoff.is_some(),
-                    ..assistant::AssistantSettings::default()
+                let safety = request.safety_message.clone();
+                // The order moves the phase on (waiting, with agent), so a
+                // supervisor can re-target a waiting caller.
+                let order = TransferOrder {
+                    phase: ctx.supervisor.as_ref().map(|s| s.phase.clone()),
+                    ..TransferOrder::default()
                 };
-                loop {
-                    let outcome =
-                        assistant::run_assistant(services, &settings, media, &ctx.log).await;
-                    let (ActionsOutcome::Transfer(request), Some(handoff)) =
-                        (&outcome, ctx.handoff)
-                    else {
-                        return outcome;
-                    };
-                    let safety = request.safety_message.clone();
-                    match handoff
-                        .transfer(media, (**request).clone(), &ctx.log, Some(&services.tts))
-                        .await
-                    {
-                        crate::handoff::TransferOutcome::Completed { .. }
-                        | crate::handoff::TransferOutcome::Referred => {
-                            return ActionsOutcome::Finished;
-                        }
-                        crate::handoff::TransferOutcome::CallerGone => {
-                            return ActionsOutcome::MediaClosed;
-                        }
-                        // Nobody could take the call: the caller is never
-                        // dropped. They hear the safety message and the
-                        // assistant stays with them.
-                        crate::handoff::TransferOutcome::NoAgent { .. }
-                        | crate::handoff::TransferOutcome::NotConfigured => {
-                            if let Some(text) = safety
-                                && let Ok(samples) = services.prompts.get_or_synthesize(&text)
-                            {
-                                media.handle.play(samples);
-                            }
+                let transferred = handoff
+                    .transfer_as(
+                        media,
+                        (**request).clone(),
+                        &order,
+                        &ctx.log,
+                        Some(&services.tts),
+                    )
+                    .await;
+                set_phase(ctx, CallPhase::Dialplan);
+                match transferred {
+                    TransferOutcome::Completed { .. } | TransferOutcome::Referred => {
+                        return Some(ActionsOutcome::Finished);
+                    }
+                    TransferOutcome::CallerGone => return Some(ActionsOutcome::MediaClosed),
+                    // Nobody could take the call: the caller is never
+                    // dropped. They hear the safety message and the
+                    // assistant stays with them.
+                    TransferOutcome::NoAgent { .. } | TransferOutcome::NotConfigured => {
+                        if let Some(text) = safety
+                            && let Ok(samples) = services.prompts.get_or_synthesize(&text)
+                        {
+                            media.handle.play(samples);
                         }
                     }
                 }
             }
-            Action::Play(prompt) => {
-                media.handle.play(prompt.samples.clone());
-                // Playback reports when its queue drains; the timer is only a
-                // guard against a lost event (a prompt's length plus slack).
-                let length = Duration::from_millis(prompt.samples.len() as u64 / 8);
-                let outcome = wait(
-                    media,
-                    log,
-                    length + Duration::from_secs(2),
-                    Until::PlaybackFinished,
-                )
-                .await;
-                if outcome.is_none() {
-                    log.prompts_played += 1;
-                }
-                outcome
+        }
+        Action::Play(prompt) => {
+            media.handle.play(prompt.samples.clone());
+            // Playback reports when its queue drains; the timer is only a
+            // guard against a lost event (a prompt's length plus slack).
+            let length = Duration::from_millis(prompt.samples.len() as u64 / 8);
+            let outcome = wait(
+                media,
+                log,
+                length + Duration::from_secs(2),
+                Until::PlaybackFinished,
+            )
+            .await;
+            if outcome.is_none() {
+                log.prompts_played += 1;
             }
-            Action::Record { max } => wait(media, log, *max, Until::HashKey).await,
-            Action::Pause(d) => wait(media, log, *d, Until::Timeout).await,
-            Action::Hangup => return ActionsOutcome::Finished,
+            outcome
+        }
+        Action::Record { max } => wait(media, log, *max, Until::HashKey).await,
+        Action::Pause(d) => wait(media, log, *d, Until::Timeout).await,
+        Action::Hangup => Some(ActionsOutcome::Finished),
+    }
+}
+
+/// The next take-over this call can act on. Pending forever without
+/// supervision. A take-over that slipped past the dashboard's phase check
+/// (the caller was bridged meanwhile) is dropped here: nothing may cut a
+/// caller off from the agent they are talking to.
+async fn next_takeover(ctx: &ActionContext<'_>) -> TakeOver {
+    let Some(supervision) = &ctx.supervisor else {
+        return std::future::pending().await;
+    };
+    let mut takeovers = supervision.takeovers.lock().await;
+    loop {
+        let Some(takeover) = takeovers.recv().await else {
+            return std::future::pending().await;
         };
-        if let Some(outcome) = step {
-            return outcome;
+        if !matches!(
+            supervision.phase.get(),
+            CallPhase::Dialplan | CallPhase::Waiting
+        ) {
+            info!(by = %takeover.by, "take-over ignored: the caller is with an agent");
+            continue;
+        }
+        match refusal(ctx, &takeover.target) {
+            None => return takeover,
+            Some(why) => {
+                warn!(by = %takeover.by, target = ?takeover.target, why, "take-over refused");
+                ctx.log
+                    .audit_as(&takeover.by, "takeover_refused", why)
+                    .await;
+            }
         }
     }
-    ActionsOutcome::Finished
+}
+
+/// Why `target` cannot be served here, checked before the running action
+/// is stopped: an unknown queue or agent must not cost the caller the
+/// assistant.
+fn refusal(ctx: &ActionContext<'_>, target: &TakeOverTarget) -> Option<&'static str> {
+    let Some(handoff) = ctx.handoff else {
+        return Some("no agents or queues are configured");
+    };
+    match target {
+        TakeOverTarget::Queue(queue) if !handoff.has_queue(queue) => Some("no such queue"),
+        TakeOverTarget::Agent(agent) if !handoff.has_agent(agent) => Some("no such agent"),
+        _ => None,
+    }
+}
+
+/// Carries out a take-over; `None` when nobody took the call and the
+/// interrupted action should resume. Another take-over while the caller
+/// waits (queued, or an agent's phone ringing) re-targets them.
+async fn take_over(
+    mut takeover: TakeOver,
+    mut heard: CallerLines,
+    media: &mut CallMedia,
+    log: &mut ActionLog,
+    ctx: &ActionContext<'_>,
+) -> Option<ActionsOutcome> {
+    let handoff = ctx.handoff?;
+    // What the caller said so far is all the summary needs.
+    heard.events = None;
+    set_phase(ctx, CallPhase::Waiting);
+    // Whatever the assistant was saying stops; the caller hears why the
+    // voice changes before the hold music.
+    media.handle.flush();
+    if let Some(line) = ctx.assistant.and_then(|s| s.prompts.get(TAKEOVER_LINE)) {
+        let length = Duration::from_millis(line.len() as u64 / 8);
+        media.handle.play(line);
+        if let Some(outcome) = wait(
+            media,
+            log,
+            length + Duration::from_secs(2),
+            Until::PlaybackFinished,
+        )
+        .await
+        {
+            return Some(outcome);
+        }
+    }
+    let speech = ctx
+        .assistant
+        .map(|s| &s.tts as &dyn crate::handoff::Announcer);
+    let outcome = loop {
+        let (request, order) = takeover_request(ctx, &takeover, &heard);
+        info!(by = %takeover.by, target = ?takeover.target, "supervisor takes the call over");
+        ctx.log
+            .audit_as(
+                &takeover.by,
+                "takeover_transfer",
+                &format!("{:?}", takeover.target),
+            )
+            .await;
+        let transfer = handoff.transfer_as(media, request, &order, &ctx.log, speech);
+        tokio::pin!(transfer);
+        tokio::select! {
+            outcome = &mut transfer => break outcome,
+            next = next_takeover(ctx) => takeover = next,
+        }
+    };
+    set_phase(ctx, CallPhase::Dialplan);
+    match outcome {
+        TransferOutcome::Completed { .. } | TransferOutcome::Referred => {
+            Some(ActionsOutcome::Finished)
+        }
+        TransferOutcome::CallerGone => Some(ActionsOutcome::MediaClosed),
+        TransferOutcome::NoAgent { .. } | TransferOutcome::NotConfigured => {
+            ctx.log
+                .audit_as(
+                    "system",
+                    "takeover_no_agent",
+                    "nobody took the call; the dialplan resumes",
+                )
+                .await;
+            // The routine "nobody is free" message was cached at start-up.
+            if let Some(services) = ctx.assistant {
+                let governance = services.answer.governance();
+                if let Some(samples) = services
+                    .prompts
+                    .get(&governance.safety.no_agent_available_routine)
+                {
+                    media.handle.flush();
+                    media.handle.play(samples);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The hand-off a take-over asks for: reason `supervisor`, high priority
+/// (urgent when the assistant had flagged a risk), the caller's last lines
+/// for the agent's summary.
+fn takeover_request(
+    ctx: &ActionContext<'_>,
+    takeover: &TakeOver,
+    heard: &CallerLines,
+) -> (TransferRequest, TransferOrder) {
+    let (queue, agent) = match &takeover.target {
+        TakeOverTarget::Queue(queue) => (Some(queue.clone()), None),
+        TakeOverTarget::Agent(agent) => (None, Some(agent.clone())),
+    };
+    let mut summary = format!("Taken over by supervisor {}.", takeover.by);
+    if !heard.lines.is_empty() {
+        summary.push_str(" The caller said: ");
+        for (i, line) in heard.lines.iter().enumerate() {
+            if i > 0 {
+                summary.push_str(" … ");
+            }
+            summary.push_str(line);
+        }
+    }
+    let request = TransferRequest {
+        call_id: ctx.log.call_id.to_owned(),
+        reason: TransferReason::Supervisor,
+        priority: if heard.risk {
+            Priority::Urgent
+        } else {
+            Priority::High
+        },
+        queue,
+        summary,
+        transcript: heard
+            .lines
+            .iter()
+            .map(|line| format!("caller: {line}"))
+            .collect(),
+        safety_message: None,
+    };
+    let order = TransferOrder {
+        requested_by: Some(takeover.by.clone()),
+        agent,
+        phase: ctx.supervisor.as_ref().map(|s| s.phase.clone()),
+    };
+    (request, order)
+}
+
+/// The caller's last final lines, for a take-over's summary, and whether
+/// the assistant flagged a risk: its own transcript goes with its dropped
+/// future, so the call's live events (already redacted) are followed while
+/// it runs.
+struct CallerLines {
+    events: Option<broadcast::Receiver<Arc<CallEvent>>>,
+    lines: VecDeque<String>,
+    risk: bool,
+}
+
+impl CallerLines {
+    fn listen(ctx: &ActionContext<'_>, action: &Action) -> CallerLines {
+        let follow = ctx.supervisor.is_some() && matches!(action, Action::Assistant(_));
+        CallerLines {
+            events: follow.then(|| ctx.log.events.subscribe()),
+            lines: VecDeque::new(),
+            risk: false,
+        }
+    }
+
+    fn is_listening(&self) -> bool {
+        self.events.is_some()
+    }
+
+    async fn next(&mut self) -> Result<Arc<CallEvent>, broadcast::error::RecvError> {
+        match &mut self.events {
+            Some(events) => events.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn keep(
+        &mut self,
+        ctx: &ActionContext<'_>,
+        event: Result<Arc<CallEvent>, broadcast::error::RecvError>,
+    ) {
+        match event {
+            Ok(event) if event.call_id() == ctx.log.call_id => match &*event {
+                CallEvent::Transcript {
+                    speaker,
+                    text,
+                    is_final: true,
+                    ..
+                } if speaker == "caller" => {
+                    if self.lines.len() == RECENT_CALLER_LINES {
+                        self.lines.pop_front();
+                    }
+                    self.lines
+                        .push_back(text.chars().take(MAX_LINE_CHARS).collect());
+                }
+                CallEvent::Decision { escalation, .. } => {
+                    self.risk |= matches!(
+                        escalation.as_str(),
+                        "emergency" | "distress" | "safeguarding"
+                    );
+                }
+                _ => {}
+            },
+            Ok(_) => {}
+            // Missed lines only shorten the summary.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => self.events = None,
+        }
+    }
+}
+
+fn set_phase(ctx: &ActionContext<'_>, phase: CallPhase) {
+    if let Some(supervision) = &ctx.supervisor {
+        supervision.phase.set(phase);
+    }
+}
+
+fn publish_state(ctx: &ActionContext<'_>, state: &str) {
+    ctx.log.events.publish(CallEvent::State {
+        call_id: ctx.log.call_id.to_owned(),
+        state: state.to_owned(),
+        at: Utc::now(),
+    });
 }
 
 #[derive(PartialEq)]

@@ -10,7 +10,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::{Shared, media_ip_for};
 use crate::call::assistant::CallLog;
-use crate::call::{ActionContext, ActionLog, ActionsOutcome, CallMedia, run_actions};
+use crate::call::{
+    ActionContext, ActionLog, ActionsOutcome, CallMedia, Supervision, TakeOver, run_actions,
+};
+use crate::control::{CallPhase, LiveCall, SupervisorCommand};
 use crate::dialplan::Route;
 use crate::events::CallEvent;
 use crate::media::{self, CallRecorder, Direction, MediaHandle, MediaStream, SdpError};
@@ -216,7 +219,19 @@ async fn answer_and_run(
         at: Utc::now(),
     });
 
-    let (handle, events) = stream.start(negotiated.clone(), recording.map(|(r, _)| r));
+    // Supervisors can act on the call from now on; the registration goes
+    // with this function, however it returns.
+    let LiveCall {
+        commands: mut supervisor_commands,
+        listen,
+        phase,
+        registration: _registration,
+    } = shared.live.register(id);
+    let (takeover_tx, takeover_rx) = mpsc::channel::<TakeOver>(1);
+    let takeovers = tokio::sync::Mutex::new(takeover_rx);
+    let (handle, events) = stream
+        .with_listen_tap(listen)
+        .start(negotiated.clone(), recording.map(|(r, _)| r));
     let mut media = CallMedia {
         handle: handle.clone(),
         events,
@@ -238,12 +253,16 @@ async fn answer_and_run(
                 call_id: id,
                 redactor: &shared.redactor,
             },
+            supervisor: Some(Supervision {
+                takeovers: &takeovers,
+                phase: &phase,
+            }),
         };
         let run = run_actions(&actions, &mut media, &mut log, &ctx);
         tokio::pin!(run);
         let deadline = tokio::time::sleep(max_call);
         tokio::pin!(deadline);
-        loop {
+        let ending = loop {
             tokio::select! {
                 outcome = &mut run => break match outcome {
                     ActionsOutcome::Finished => Ending { reason: "dialplan finished".into(), by: HangupBy::Frontdoor, outcome: "frontdoor_hangup", send_bye: true },
@@ -251,6 +270,19 @@ async fn answer_and_run(
                     ActionsOutcome::MediaClosed => Ending { reason: "media stream closed".into(), by: HangupBy::System, outcome: "failed", send_bye: true },
                     // run_actions performs transfers itself; reaching here means the agent leg ended.
                     ActionsOutcome::Transfer(_) => Ending { reason: "transfer finished".into(), by: HangupBy::Frontdoor, outcome: "frontdoor_hangup", send_bye: true },
+                },
+                Some(command) = supervisor_commands.recv() => match command {
+                    SupervisorCommand::Hangup { by } => {
+                        info!(%by, "supervisor hangs up");
+                        break Ending { reason: format!("hung up by supervisor {by}"), by: HangupBy::Frontdoor, outcome: "frontdoor_hangup", send_bye: true };
+                    }
+                    SupervisorCommand::TakeOver { by, target } => {
+                        // run_actions decides whether it can act on it; a
+                        // second one while the first is pending is refused.
+                        if takeover_tx.try_send(TakeOver { by: by.clone(), target }).is_err() {
+                            warn!(%by, "take-over dropped: another is pending");
+                        }
+                    }
                 },
                 _ = &mut deadline => break Ending { reason: format!("maximum call length ({} s) reached", max_call.as_secs()), by: HangupBy::System, outcome: "frontdoor_hangup", send_bye: true },
                 signal = signals.recv() => match signal {
@@ -266,7 +298,11 @@ async fn answer_and_run(
                     }
                 },
             }
-        }
+        };
+        // Before `run` is dropped: a hand-off cut short by the call's end
+        // records it as such, and the dashboard gets NotNow from now on.
+        phase.set(CallPhase::Ending);
+        ending
     };
     drop(media);
 

@@ -64,7 +64,6 @@ struct Shared {
     handoff: Option<crate::handoff::Handoff>,
     events: crate::events::EventBus,
     /// Supervisor commands and listen-in taps, by call id.
-    #[allow(dead_code)] // wired into call tasks by the live-control change
     live: crate::control::LiveCalls,
     redactor: Arc<crate::governance::Redactor>,
 }
@@ -102,6 +101,13 @@ pub async fn run(
             "closed calls left open by an earlier crash as interrupted"
         );
     }
+    // Transcripts and recordings past retention are purged at start-up and
+    // then periodically; every run is audited.
+    let retention = crate::governance::spawn_retention(
+        store.clone(),
+        recordings_dir.clone(),
+        config.governance.clone(),
+    );
 
     let range = config.rtp_port_range();
     let ports = PortAllocator::new(*range.start(), *range.end());
@@ -292,6 +298,7 @@ pub async fn run(
     }
 
     tasks.abort_all();
+    retention.abort();
     sip.shutdown().await;
     store.flush().await;
     let _ = http_stop_tx.send(true);

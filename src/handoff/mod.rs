@@ -22,5 +22,6 @@ pub use directory::{
     AgentContact, AgentDirectory, AgentState, AgentStatus, DirectoryFuture, InMemoryDirectory,
 };
 pub use transfer::{
-    Announcer, Handoff, HandoffDeps, HandoffError, SpeechFuture, TransferOutcome, TransferRequest,
+    Announcer, Handoff, HandoffDeps, HandoffError, SpeechFuture, TransferOrder, TransferOutcome,
+    TransferRequest,
 };

@@ -33,6 +33,7 @@ use super::queue::{WaitingList, ring_order};
 use crate::answer::{Priority, TransferReason};
 use crate::call::CallMedia;
 use crate::call::assistant::CallLog;
+use crate::control::{CallPhase, PhaseHandle};
 use crate::events::CallEvent;
 use crate::media::{
     self, CallRecorder, FRAME_SAMPLES, MediaCapabilities, MediaConfig, MediaEvent, MediaStream,
@@ -43,6 +44,7 @@ use crate::sip::peer::{Peer, Transport};
 use crate::sip::{
     CallKey, OutboundEvent, OutgoingInvite, ReferEvent, RegistrationEvent, SipHandle,
 };
+use crate::store::{StoreHandle, TransferRecord};
 
 /// Synthesised audio, when it arrives.
 pub type SpeechFuture<'a> = Pin<Box<dyn Future<Output = Option<Arc<[i16]>>> + Send + 'a>>;
@@ -111,11 +113,13 @@ pub struct TransferRequest {
 
 impl TransferRequest {
     /// Risk calls are never given up on: no maximum wait, no overflow exit.
+    /// A supervisor's take-over of a caller the assistant had flagged at
+    /// risk keeps urgent priority, and with it this guarantee.
     pub fn is_risk(&self) -> bool {
         matches!(
             self.reason,
             TransferReason::Emergency | TransferReason::Distress | TransferReason::Safeguarding
-        )
+        ) || self.priority == crate::answer::Priority::Urgent
     }
 }
 
@@ -234,6 +238,7 @@ impl Handoff {
     /// Bridged transfer: queues the caller, rings agents, plays the agent a
     /// summary and bridges the legs until one side hangs up. `call` is the
     /// caller's media (its recording keeps running and holds both voices).
+    /// Requested by the AI; see [`Self::transfer_as`] for a person's.
     pub async fn transfer(
         &self,
         call: &mut CallMedia,
@@ -241,18 +246,44 @@ impl Handoff {
         log: &CallLog<'_>,
         speech: Option<&dyn Announcer>,
     ) -> TransferOutcome {
+        self.transfer_as(call, request, &TransferOrder::default(), log, speech)
+            .await
+    }
+
+    /// [`Self::transfer`] on `order`'s behalf: a supervisor's take-over
+    /// names who asked and may name one agent. A directed transfer rings
+    /// only that agent (member of a queue or not), claiming them through
+    /// the directory like any ring; while they are busy the caller holds
+    /// (the queue's music, without taking a place in its line) until they
+    /// are free, for at most the queue's maximum wait, and then gets
+    /// [`TransferOutcome::NoAgent`] — it never spills to other agents the
+    /// supervisor did not choose. A transfer record is written however the
+    /// hand-off ends, even when the future is dropped.
+    pub async fn transfer_as(
+        &self,
+        call: &mut CallMedia,
+        request: TransferRequest,
+        order: &TransferOrder,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+    ) -> TransferOutcome {
+        let mut track = TransferTrack::new(log, &request, order);
         let Some(mut queue_name) = self.queue_for(&request) else {
             audit(log, "handoff_unavailable", "no queue configured".into()).await;
+            track.finish(&TransferOutcome::NotConfigured).await;
             return TransferOutcome::NotConfigured;
         };
+        track.set_queue(&queue_name);
         let started = Instant::now();
         audit(
             log,
             "handoff_requested",
             format!(
-                "reason={} priority={:?} queue={queue_name} summary={:?}",
+                "reason={} priority={:?} queue={queue_name} agent={} by={} summary={:?}",
                 request.reason.as_str(),
                 request.priority,
+                order.agent.as_deref().unwrap_or("any"),
+                order.requested_by.as_deref().unwrap_or("ai"),
                 request.summary
             ),
         )
@@ -265,18 +296,38 @@ impl Handoff {
                     "reason": request.reason.as_str(),
                     "priority": request.priority,
                     "queue": queue_name,
+                    "agent": order.agent,
+                    "requested_by": order.requested_by.as_deref().unwrap_or("ai"),
                     "summary": log.redact(&request.summary),
                     "transcript": request.transcript.iter().map(|t| log.redact(t)).collect::<Vec<_>>(),
                 })
                 .to_string(),
             )
             .await;
+        if let Some(agent) = &order.agent {
+            let outcome = self
+                .serve_direct(call, &request, agent, &queue_name, log, speech, &mut track)
+                .await;
+            track.finish(&outcome).await;
+            return outcome;
+        }
         loop {
             let outcome = self
-                .serve_in_queue(call, &request, &queue_name, log, speech, started)
+                .serve_in_queue(
+                    call,
+                    &request,
+                    &queue_name,
+                    log,
+                    speech,
+                    started,
+                    &mut track,
+                )
                 .await;
             match outcome {
-                QueueOutcome::Done(outcome) => return outcome,
+                QueueOutcome::Done(outcome) => {
+                    track.finish(&outcome).await;
+                    return outcome;
+                }
                 QueueOutcome::Overflow => {
                     let next = self
                         .inner
@@ -287,12 +338,15 @@ impl Handoff {
                         Some(next) if next != queue_name => {
                             audit(log, "handoff_overflow", format!("{queue_name} -> {next}")).await;
                             queue_name = next;
+                            track.set_queue(&queue_name);
                         }
                         _ => {
                             audit(log, "handoff_no_agent", format!("queue {queue_name}")).await;
-                            return TransferOutcome::NoAgent {
+                            let outcome = TransferOutcome::NoAgent {
                                 waited: started.elapsed(),
                             };
+                            track.finish(&outcome).await;
+                            return outcome;
                         }
                     }
                 }
@@ -312,8 +366,16 @@ impl Handoff {
         log: &CallLog<'_>,
         speech: Option<&dyn Announcer>,
     ) -> TransferOutcome {
+        let requested_at = Utc::now();
         match self.refer(caller, target, log).await {
-            Ok(()) => TransferOutcome::Referred,
+            Ok(()) => {
+                let mut track = TransferTrack::new(log, &request, &TransferOrder::default());
+                if let Some(record) = &mut track.record {
+                    record.requested_at = requested_at;
+                }
+                track.finish(&TransferOutcome::Referred).await;
+                TransferOutcome::Referred
+            }
             Err(why) => {
                 audit(
                     log,
@@ -365,6 +427,17 @@ impl Handoff {
         }
     }
 
+    /// Whether `queue` is configured (a supervisor's target is checked
+    /// before the assistant is stopped).
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.inner.queues.contains_key(queue)
+    }
+
+    /// Whether `agent` is a configured agent.
+    pub fn has_agent(&self, agent: &str) -> bool {
+        self.inner.section.agent.iter().any(|a| a.id == agent)
+    }
+
     fn queue_for(&self, request: &TransferRequest) -> Option<String> {
         let queues = &self.inner.queues;
         request
@@ -375,6 +448,7 @@ impl Handoff {
             .or_else(|| self.inner.section.queue.first().map(|q| q.name.clone()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn serve_in_queue(
         &self,
         call: &mut CallMedia,
@@ -383,6 +457,7 @@ impl Handoff {
         log: &CallLog<'_>,
         speech: Option<&dyn Announcer>,
         started: Instant,
+        track: &mut TransferTrack,
     ) -> QueueOutcome {
         let Some(queue) = self.inner.queues.get(queue_name) else {
             return QueueOutcome::Done(TransferOutcome::NotConfigured);
@@ -403,7 +478,7 @@ impl Handoff {
                 if !order.is_empty() {
                     queue.waiting.lock().set_ringing(ticket, true);
                     let attempt = self
-                        .ring(call, request, queue, &order, log, speech, &mut hold)
+                        .ring(call, request, queue, &order, log, speech, &mut hold, track)
                         .await;
                     queue.waiting.lock().set_ringing(ticket, false);
                     match attempt {
@@ -417,6 +492,7 @@ impl Handoff {
                             if failed_agents.len() >= queue.spec.members.len() {
                                 failed_agents.clear();
                             }
+                            publish_state(log, "queued");
                             hold.resume(call);
                             continue;
                         }
@@ -473,6 +549,81 @@ impl Handoff {
         }
     }
 
+    /// A directed transfer: rings `agent` whenever the directory shows them
+    /// free; the caller holds meanwhile (see [`Self::transfer_as`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_direct(
+        &self,
+        call: &mut CallMedia,
+        request: &TransferRequest,
+        agent: &str,
+        queue_name: &str,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+        track: &mut TransferTrack,
+    ) -> TransferOutcome {
+        let Some(queue) = self.inner.queues.get(queue_name) else {
+            return TransferOutcome::NotConfigured;
+        };
+        track.set_agent(agent);
+        publish_state(log, "queued");
+        let entered = Instant::now();
+        let mut hold = Hold::new(queue.hold.clone());
+        hold.resume(call);
+        let target = [agent.to_owned()];
+        loop {
+            let free = self
+                .inner
+                .directory
+                .statuses(&target)
+                .await
+                .into_iter()
+                .any(|s| s.state == AgentState::Available && s.contact.is_some());
+            if free {
+                match self
+                    .ring(call, request, queue, &target, log, speech, &mut hold, track)
+                    .await
+                {
+                    Attempt::Connected(outcome) => return outcome,
+                    Attempt::CallerGone => return TransferOutcome::CallerGone,
+                    Attempt::NoAnswer(_) => {
+                        publish_state(log, "queued");
+                        hold.resume(call);
+                    }
+                }
+            }
+            if let Some(max) = queue.spec.max_wait_secs
+                && entered.elapsed() >= Duration::from_secs(max)
+            {
+                hold.stop(call);
+                audit(
+                    log,
+                    "handoff_no_agent",
+                    format!("agent {agent} not free within {max} s"),
+                )
+                .await;
+                return TransferOutcome::NoAgent {
+                    waited: entered.elapsed(),
+                };
+            }
+            let wait = tokio::time::sleep(RECHECK);
+            tokio::pin!(wait);
+            let freed = self.inner.agent_freed.notified();
+            tokio::pin!(freed);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    _ = &mut freed => break,
+                    event = call.events.recv() => {
+                        if !hold.on_caller_event(call, event) {
+                            return TransferOutcome::CallerGone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     async fn candidates(&self, queue: &QueueRuntime, skip: &[String]) -> Vec<String> {
         let statuses = self.inner.directory.statuses(&queue.spec.members).await;
         let cursor = *queue.cursor.lock();
@@ -497,6 +648,7 @@ impl Handoff {
         log: &CallLog<'_>,
         speech: Option<&dyn Announcer>,
         hold: &mut Hold,
+        track: &mut TransferTrack,
     ) -> Attempt {
         let directory = &self.inner.directory;
         let wanted = if queue.spec.strategy == RingStrategy::RingAll {
@@ -641,6 +793,8 @@ impl Handoff {
             }
         }
         hold.stop(call);
+        // The phase first: whoever sees the event may act on it at once.
+        track.answered(&agent);
         publish_state(log, "with_agent");
         audit(
             log,
@@ -743,6 +897,126 @@ impl Handoff {
 enum QueueOutcome {
     Done(TransferOutcome),
     Overflow,
+}
+
+/// Who asked for a hand-off, beyond the [`TransferRequest`] itself.
+#[derive(Debug, Clone, Default)]
+pub struct TransferOrder {
+    /// The dashboard user who took the call over; `None`: the AI.
+    pub requested_by: Option<String>,
+    /// Ring only this agent (a supervisor's "to agent" or "to me").
+    pub agent: Option<String>,
+    /// The call's phase for supervisor commands: set to `Waiting` here and
+    /// to `WithAgent` once the caller is bridged.
+    pub phase: Option<PhaseHandle>,
+}
+
+/// The hand-off's record, written once when it ends: by [`Self::finish`]
+/// with its outcome, or on drop (the call ended underneath the hand-off:
+/// the caller hung up, a supervisor hung up, the engine shut down).
+struct TransferTrack {
+    store: StoreHandle,
+    record: Option<TransferRecord>,
+    phase: Option<PhaseHandle>,
+}
+
+impl TransferTrack {
+    fn new(log: &CallLog<'_>, request: &TransferRequest, order: &TransferOrder) -> TransferTrack {
+        if let Some(phase) = &order.phase {
+            phase.set(CallPhase::Waiting);
+        }
+        TransferTrack {
+            store: log.store.clone(),
+            phase: order.phase.clone(),
+            record: Some(TransferRecord {
+                call_id: log.call_id.to_owned(),
+                requested_at: Utc::now(),
+                requested_by: order.requested_by.clone().unwrap_or_else(|| "ai".into()),
+                reason: request.reason.as_str().to_owned(),
+                queue: None,
+                agent: order.agent.clone(),
+                answered_at: None,
+                ended_at: None,
+                outcome: String::new(),
+            }),
+        }
+    }
+
+    fn set_queue(&mut self, queue: &str) {
+        if let Some(record) = &mut self.record {
+            record.queue = Some(queue.to_owned());
+        }
+    }
+
+    fn set_agent(&mut self, agent: &str) {
+        if let Some(record) = &mut self.record {
+            record.agent = Some(agent.to_owned());
+        }
+    }
+
+    /// The caller and `agent` are connected.
+    fn answered(&mut self, agent: &str) {
+        if let Some(phase) = &self.phase {
+            phase.set(CallPhase::WithAgent);
+        }
+        if let Some(record) = &mut self.record {
+            record.agent = Some(agent.to_owned());
+            record.answered_at = Some(Utc::now());
+        }
+    }
+
+    async fn finish(mut self, outcome: &TransferOutcome) {
+        if let Some(record) = self.record.take() {
+            self.store
+                .transfer(closed(record, Some(outcome), false))
+                .await;
+        }
+    }
+}
+
+impl Drop for TransferTrack {
+    fn drop(&mut self) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        // Dropped while the call goes on (not ending): only a supervisor
+        // re-targeting the caller does that.
+        let retargeted = self
+            .phase
+            .as_ref()
+            .is_some_and(|p| p.get() != CallPhase::Ending);
+        // Drop cannot await the store; a task writes the record.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            runtime.spawn(async move { store.transfer(closed(record, None, retargeted)).await });
+        }
+    }
+}
+
+/// `record` with its end: `outcome` as stored, or — for a hand-off cut off
+/// from outside — `completed` when the caller had reached an agent,
+/// `retargeted` when a supervisor sent the waiting caller elsewhere, and
+/// `caller_gone` otherwise (the call ended: the caller or a supervisor hung
+/// up; the call's record says which). A caller who talked with an agent
+/// was helped, whichever side ended it.
+fn closed(
+    mut record: TransferRecord,
+    outcome: Option<&TransferOutcome>,
+    retargeted: bool,
+) -> TransferRecord {
+    let talked = record.answered_at.is_some();
+    record.outcome = match outcome {
+        Some(TransferOutcome::Completed { .. }) => "completed",
+        Some(TransferOutcome::Referred) => "referred",
+        Some(TransferOutcome::NoAgent { .. }) => "no_agent",
+        Some(TransferOutcome::NotConfigured) => "not_configured",
+        Some(TransferOutcome::CallerGone) | None if talked => "completed",
+        None if retargeted => "retargeted",
+        Some(TransferOutcome::CallerGone) | None => "caller_gone",
+    }
+    .to_owned();
+    record.ended_at = Some(Utc::now());
+    record
 }
 
 enum Attempt {
@@ -958,6 +1232,7 @@ fn summary_text(request: &TransferRequest) -> String {
         TransferReason::Safeguarding => "a safeguarding concern",
         TransferReason::HumanRequest => "a caller who asked for a person",
         TransferReason::Complexity => "a caller the assistant could not help",
+        TransferReason::Supervisor => "a call a supervisor took over",
     };
     let mut text = format!("Frontdoor transfer: {reason}. ");
     text.extend(request.summary.chars().take(MAX_SUMMARY_CHARS));
@@ -1093,6 +1368,55 @@ mod tests {
         assert!(text.len() < MAX_SUMMARY_CHARS + 100);
         assert!(request.is_risk());
         assert_eq!(sip_priority(&request), "urgent");
+    }
+
+    #[test]
+    fn transfer_records_say_how_the_hand_off_ended() {
+        let open = TransferRecord {
+            call_id: "c".into(),
+            requested_at: Utc::now(),
+            requested_by: "ai".into(),
+            reason: "distress".into(),
+            queue: Some("general".into()),
+            agent: None,
+            answered_at: None,
+            ended_at: None,
+            outcome: String::new(),
+        };
+        let talked = TransferRecord {
+            answered_at: Some(Utc::now()),
+            agent: Some("a1".into()),
+            ..open.clone()
+        };
+        let outcome = |record: &TransferRecord, o: Option<&TransferOutcome>, moved: bool| {
+            let closed = closed(record.clone(), o, moved);
+            assert!(closed.ended_at.is_some());
+            closed.outcome
+        };
+        let waited = TransferOutcome::NoAgent {
+            waited: Duration::from_secs(1),
+        };
+        assert_eq!(outcome(&open, Some(&waited), false), "no_agent");
+        assert_eq!(
+            outcome(&open, Some(&TransferOutcome::Referred), false),
+            "referred"
+        );
+        assert_eq!(
+            outcome(&open, Some(&TransferOutcome::NotConfigured), false),
+            "not_configured"
+        );
+        assert_eq!(
+            outcome(&open, Some(&TransferOutcome::CallerGone), false),
+            "caller_gone"
+        );
+        assert_eq!(outcome(&open, None, false), "caller_gone");
+        assert_eq!(outcome(&open, None, true), "retargeted");
+        // Once bridged, however it ends, the caller was helped.
+        assert_eq!(outcome(&talked, None, false), "completed");
+        assert_eq!(
+            outcome(&talked, Some(&TransferOutcome::CallerGone), false),
+            "completed"
+        );
     }
 
     #[test]

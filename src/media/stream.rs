@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{Instant as TokioInstant, MissedTickBehavior};
 
 use super::audio::CallRecorder;
@@ -128,7 +128,12 @@ pub struct MediaStream {
     lease: PortLease,
     config: MediaConfig,
     runtime: tokio::runtime::Handle,
+    listen_tap: Option<ListenTap>,
 }
+
+/// Where a stream publishes, per tick, the caller's frame followed by the frame it sent
+/// ([`FRAME_SAMPLES`] each): the supervisor's listen-in (`control::ListenFrame`).
+pub type ListenTap = broadcast::Sender<Arc<[i16]>>;
 
 impl std::fmt::Debug for MediaStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,7 +158,15 @@ impl MediaStream {
             lease,
             config: cfg,
             runtime: tokio::runtime::Handle::current(),
+            listen_tap: None,
         })
+    }
+
+    /// Publishes both directions to `tap` while anyone listens. On the caller's leg of a
+    /// bridged call the sent side is the agent's voice, so listeners hear both parties.
+    pub fn with_listen_tap(mut self, tap: ListenTap) -> MediaStream {
+        self.listen_tap = Some(tap);
+        self
     }
 
     pub fn local_rtp_port(&self) -> u16 {
@@ -207,6 +220,7 @@ impl MediaStream {
             shared: Arc::clone(&shared),
             seen_flush_epoch: 0,
             recorder,
+            listen_tap: self.listen_tap,
             late_ticks: 0,
             events_dropped: 0,
         };
@@ -396,8 +410,22 @@ struct StreamTask {
     shared: Arc<Shared>,
     seen_flush_epoch: u64,
     recorder: Option<RecorderThread>,
+    listen_tap: Option<ListenTap>,
     late_ticks: u64,
     events_dropped: u64,
+}
+
+/// One listen frame: the caller's 20 ms, then what was sent in the same tick; silence
+/// where a direction had nothing (no RTP yet, on hold, nothing to say).
+fn listen_frame(received: Option<&Frame>, sent: Option<&Frame>) -> Arc<[i16]> {
+    let mut both = [0i16; 2 * FRAME_SAMPLES];
+    if let Some(frame) = received {
+        both[..FRAME_SAMPLES].copy_from_slice(frame);
+    }
+    if let Some(frame) = sent {
+        both[FRAME_SAMPLES..].copy_from_slice(frame);
+    }
+    Arc::from(&both[..])
 }
 
 impl StreamTask {
@@ -547,6 +575,13 @@ impl StreamTask {
         self.shared.ticks.store(tick + 1, Ordering::Release);
         if let Some(recorder) = self.recorder.as_mut() {
             recorder.record(output.received, output.sent_audio);
+        }
+        // Counting receivers is one uncontended lock: nothing is built for a call nobody
+        // listens to. A send error only means the last listener left meanwhile.
+        if let Some(tap) = &self.listen_tap
+            && tap.receiver_count() > 0
+        {
+            let _ = tap.send(listen_frame(output.received, output.sent_audio));
         }
         let audio = output.received.copied();
         let playback_finished = output.playback_finished;
@@ -828,6 +863,52 @@ mod tests {
         assert!(
             matches!(event, MediaEvent::Inactive { silent_for } if silent_for >= Duration::from_millis(200))
         );
+        handle.stop().await;
+    }
+
+    #[tokio::test]
+    async fn listen_tap_carries_both_directions_only_while_someone_listens() {
+        let allocator = PortAllocator::new(44000, 44999);
+        let stream = bind_any(&allocator, MediaConfig::default()).await;
+        let local_port = stream.local_rtp_port();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let (tap, nobody) = broadcast::channel(64);
+        drop(nobody);
+        let (handle, _events) = stream
+            .with_listen_tap(tap.clone())
+            .start(negotiated_towards(peer.local_addr().expect("addr")), None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(tap.len(), 0, "nothing built while nobody listens");
+
+        let mut ear = tap.subscribe();
+        handle.play(Arc::from(vec![2500i16; 8000]));
+        let target = SocketAddr::new("127.0.0.1".parse().expect("ip"), local_port);
+        let mut buffer = [0u8; 200];
+        let loud = [g711::linear_to_ulaw(-6000); 160];
+        for seq in 0..30u16 {
+            let header = RtpHeader {
+                marker: seq == 0,
+                payload_type: 0,
+                sequence: seq,
+                timestamp: seq as u32 * 160,
+                ssrc: 0xBEEF,
+            };
+            let length = write_packet(&header, &loud, &mut buffer).expect("fits");
+            peer.send_to(&buffer[..length], target).await.expect("send");
+            tokio::time::sleep(FRAME_DURATION).await;
+        }
+        let mut heard_caller = false;
+        let mut heard_sent = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !(heard_caller && heard_sent) {
+            let frame = tokio::time::timeout_at(deadline, ear.recv())
+                .await
+                .expect("frames in time")
+                .expect("tap open");
+            assert_eq!(frame.len(), 2 * FRAME_SAMPLES);
+            heard_caller |= (frame[0] + 6000).abs() < 300;
+            heard_sent |= frame[FRAME_SAMPLES] == 2500;
+        }
         handle.stop().await;
     }
 
