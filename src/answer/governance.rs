@@ -484,7 +484,7 @@ impl Governance {
             Some(hit) if semantic_wins => {
                 decision = EscalationDecision {
                     escalation: hit.category,
-                    score: hit.similarity,
+                    score: hit.score,
                     reason: format!(
                         "{}: {}; rules: {}",
                         hit.category.as_str(),

@@ -2,16 +2,26 @@
 //! wording no rule anticipated ("there's a rope in the garage and I keep
 //! looking at it") still reaches a person.
 //!
-//! Method: nearest prototype. The safeguarding lead writes example sentences
+//! Method: nearest neighbours. The safeguarding lead writes example sentences
 //! per escalation category in `governance/safeguarding.toml` (`[semantic]`);
 //! they, the lead's figurative and ordinary examples, and the knowledge base's
-//! example sentences are embedded once at start-up. An utterance fires a
-//! category when its cosine similarity to that category's nearest example
-//! reaches the category's `threshold` *and* beats the nearest ordinary
-//! example by `margin` (or reaches `certain`, whatever the ordinary examples
-//! say). Why nearest-neighbour rather than a trained classifier: a lead fixes
-//! a miss by adding the caller's sentence, the effect is immediate and
-//! predictable, and every decision names the example that produced it.
+//! example sentences are embedded once at start-up. A category's score for
+//! an utterance is the mean cosine similarity of its `neighbours` closest
+//! examples (the ordinary examples are scored the same way). The category
+//! fires when that score reaches its `threshold` *and* beats the ordinary
+//! score by `margin`, or when the single nearest example reaches `certain`
+//! whatever the ordinary examples say.
+//!
+//! Why a mean over several neighbours: with a small sentence model one
+//! stray example close to an ordinary sentence ("my son" in a safeguarding
+//! example pulling in "my son is a student") decides alone under nearest-one
+//! matching; several agreeing examples are a steadier sign of meaning. Cross-
+//! validation on the governance examples themselves (five folds, no test
+//! sentences) favoured three neighbours over one at every recall level.
+//! Why neighbours rather than a trained classifier (a logistic head over the
+//! same embeddings did no better in that cross-validation): a lead fixes a
+//! miss by adding the caller's sentence, the effect is immediate and
+//! predictable, and every decision names the examples that produced it.
 //!
 //! The rules in [`super::governance`] stay the explainable first line: either
 //! route escalates, and precedence decides between categories.
@@ -27,6 +37,9 @@ use super::embed::{EmbedError, EmbeddingModelFiles, EmbeddingModelSpec, Sentence
 use super::governance::Escalation;
 use super::knowledge::Intent;
 use super::normalize::normalise;
+
+/// Most neighbours a score may average: the scan keeps them on the stack.
+pub const MAX_NEIGHBOURS: usize = 8;
 
 /// Below this many words the semantic layer reports but never escalates: the
 /// mean of one to three word vectors is dominated by a single word ("the blue
@@ -54,6 +67,10 @@ pub struct SemanticSection {
     /// embedded at the same moment.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// How many nearest examples a category's (and the ordinary) score
+    /// averages; 1 is plain nearest-example matching.
+    #[serde(default = "default_neighbours")]
+    pub neighbours: usize,
     pub categories: BTreeMap<String, SemanticCategoryFile>,
     pub ordinary: OrdinaryFile,
 }
@@ -88,6 +105,9 @@ fn default_intent_weight() -> f32 {
 fn default_sessions() -> usize {
     2
 }
+fn default_neighbours() -> usize {
+    1
+}
 
 impl SemanticSection {
     /// Checks what can be checked without the model; `Err` is the reason.
@@ -111,6 +131,11 @@ impl SemanticSection {
         }
         if !(1..=64).contains(&self.sessions) {
             return Err("[semantic] sessions must be between 1 and 64".into());
+        }
+        if !(1..=MAX_NEIGHBOURS).contains(&self.neighbours) {
+            return Err(format!(
+                "[semantic] neighbours must be between 1 and {MAX_NEIGHBOURS}"
+            ));
         }
         for (name, category) in &self.categories {
             let known = Escalation::parse(name).filter(|c| c.is_escalation());
@@ -187,13 +212,77 @@ impl PrototypeSet {
         Ok(set)
     }
 
-    /// (index, similarity) of the nearest phrase; `None` when empty.
-    fn nearest(&self, query: &[f32]) -> Option<(usize, f32)> {
+    /// The `k` phrases closest to `query`, best first, in one pass and
+    /// without allocating (k is at most [`MAX_NEIGHBOURS`]).
+    fn closest(&self, query: &[f32], k: usize) -> Neighbours {
+        self.closest_except(query, k, |_| false)
+    }
+
+    /// As [`Self::closest`], ignoring the rows `skip` names (held-out folds).
+    fn closest_except(&self, query: &[f32], k: usize, skip: impl Fn(usize) -> bool) -> Neighbours {
+        let mut found = Neighbours::default();
+        let k = k.clamp(1, MAX_NEIGHBOURS);
+        for (index, row) in self.vectors.chunks_exact(query.len().max(1)).enumerate() {
+            if !skip(index) {
+                found.offer(index, dot(row, query), k);
+            }
+        }
+        found
+    }
+
+    fn row(&self, index: usize, dimension: usize) -> &[f32] {
         self.vectors
-            .chunks_exact(query.len().max(1))
-            .map(|row| dot(row, query))
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .get(index * dimension..(index + 1) * dimension)
+            .unwrap_or(&[])
+    }
+
+    fn word_count(&self, index: usize) -> usize {
+        self.phrases
+            .get(index)
+            .map_or(0, |p| normalise(p).split_whitespace().count())
+    }
+}
+
+/// The closest examples of one set, best first.
+#[derive(Debug, Clone, Copy, Default)]
+struct Neighbours {
+    entries: [(usize, f32); MAX_NEIGHBOURS],
+    len: usize,
+}
+
+impl Neighbours {
+    /// Keeps (index, similarity) if it is among the best `k` seen so far.
+    fn offer(&mut self, index: usize, similarity: f32, k: usize) {
+        if self.len == k {
+            match self.entries.get(k - 1) {
+                Some(worst) if similarity > worst.1 => self.len -= 1,
+                _ => return,
+            }
+        }
+        // Insertion into a sorted run of at most eight: cheaper than a heap.
+        let mut at = self.len;
+        while at > 0 && self.entries[at - 1].1 < similarity {
+            self.entries[at] = self.entries[at - 1];
+            at -= 1;
+        }
+        self.entries[at] = (index, similarity);
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[(usize, f32)] {
+        &self.entries[..self.len]
+    }
+
+    fn best(&self) -> Option<(usize, f32)> {
+        self.as_slice().first().copied()
+    }
+
+    /// Mean similarity of the neighbours kept; 0 when there are none.
+    fn mean(&self) -> f32 {
+        if self.len == 0 {
+            return 0.0;
+        }
+        self.as_slice().iter().map(|(_, s)| s).sum::<f32>() / self.len as f32
     }
 }
 
@@ -206,12 +295,56 @@ struct CategoryPrototypes {
     examples: PrototypeSet,
 }
 
-/// The nearest example of one category, and whether it fired.
+impl CategoryPrototypes {
+    /// The firing rule, shared by live assessment and cross-validation.
+    fn fires(&self, nearest: f32, score: f32, competitor: f32) -> bool {
+        nearest >= self.certain || (score >= self.threshold && score - competitor >= self.margin)
+    }
+}
+
+/// How the configured examples and thresholds fare on examples held out of
+/// them: the honest estimate of how the semantic layer alone generalises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossValidation {
+    /// Per risk category: (category, held-out examples, how many escalated).
+    pub categories: Vec<(Escalation, usize, usize)>,
+    /// Held-out ordinary examples, and how many a risk category fired on.
+    pub ordinary: (usize, usize),
+}
+
+impl CrossValidation {
+    /// Share of held-out risk examples that escalated.
+    pub fn recall(&self, category: Escalation) -> Option<f64> {
+        self.categories
+            .iter()
+            .find(|(c, _, _)| *c == category)
+            .filter(|(_, total, _)| *total > 0)
+            .map(|(_, total, fired)| *fired as f64 / *total as f64)
+    }
+
+    /// Share of held-out ordinary examples that a risk category fired on.
+    pub fn false_escalation(&self) -> f64 {
+        let (total, fired) = self.ordinary;
+        if total == 0 {
+            0.0
+        } else {
+            fired as f64 / total as f64
+        }
+    }
+}
+
+/// The nearest examples of one category, and whether it fired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticMatch {
     pub category: Escalation,
+    /// The nearest example and its similarity.
     pub prototype: String,
     pub similarity: f32,
+    /// Mean similarity of the category's nearest examples: the score that
+    /// is compared with `threshold`.
+    pub score: f32,
+    /// The other examples that make up `score`, with their similarities.
+    pub supporting: Vec<(String, f32)>,
     pub threshold: f32,
     pub fired: bool,
 }
@@ -223,6 +356,8 @@ pub struct SemanticAssessment {
     pub matches: Vec<SemanticMatch>,
     /// The nearest ordinary or figurative example and its similarity.
     pub nearest_ordinary: (String, f32),
+    /// Mean similarity of the nearest ordinary examples (the competitor score).
+    pub ordinary_score: f32,
 }
 
 impl SemanticAssessment {
@@ -235,11 +370,11 @@ impl SemanticAssessment {
         })
     }
 
-    /// The category example closest to the utterance, fired or not.
+    /// The category whose examples are closest to the utterance, fired or not.
     pub fn nearest(&self) -> Option<&SemanticMatch> {
         self.matches
             .iter()
-            .max_by(|a, b| a.similarity.total_cmp(&b.similarity))
+            .max_by(|a, b| a.score.total_cmp(&b.score))
     }
 
     /// For the audit trail: the example that decided, and the nearest ordinary one.
@@ -249,10 +384,18 @@ impl SemanticAssessment {
             Some(m) => {
                 let _ = write!(
                     out,
-                    "nearest {} example \"{}\" similarity {:.2} (threshold {:.2}, {})",
+                    "nearest {} example \"{}\" similarity {:.2}",
                     m.category.as_str(),
                     m.prototype,
                     m.similarity,
+                );
+                for (phrase, similarity) in &m.supporting {
+                    let _ = write!(out, ", \"{phrase}\" {similarity:.2}");
+                }
+                let _ = write!(
+                    out,
+                    "; score {:.2} (threshold {:.2}, {})",
+                    m.score,
                     m.threshold,
                     if m.fired { "fired" } else { "not fired" }
                 );
@@ -261,8 +404,8 @@ impl SemanticAssessment {
         }
         let _ = write!(
             out,
-            ", nearest ordinary \"{}\" {:.2}",
-            self.nearest_ordinary.0, self.nearest_ordinary.1
+            ", nearest ordinary \"{}\" {:.2} (ordinary score {:.2})",
+            self.nearest_ordinary.0, self.nearest_ordinary.1, self.ordinary_score
         );
         out
     }
@@ -277,6 +420,7 @@ pub struct SemanticScorer {
     intent_examples: PrototypeSet,
     intent_count: usize,
     intent_weight: f32,
+    neighbours: usize,
 }
 
 thread_local! {
@@ -362,6 +506,7 @@ impl SemanticScorer {
             intent_examples,
             intent_count: intents.len(),
             intent_weight: section.intent_weight,
+            neighbours: section.neighbours.clamp(1, MAX_NEIGHBOURS),
         })
     }
 
@@ -393,40 +538,47 @@ impl SemanticScorer {
     /// embedded, and `normalised` is the cache key the classifier will use.
     pub fn assess(&self, normalised: &str, masked: &str) -> Result<SemanticAssessment, EmbedError> {
         let query = self.embedding(normalised, masked)?;
-        let nearest_ordinary = self
-            .ordinary
-            .nearest(&query)
-            .map_or((String::new(), 0.0), |(i, s)| {
-                (self.ordinary.phrases[i].clone(), s)
-            });
+        let k = self.neighbours;
+        let ordinary = self.ordinary.closest(&query, k);
+        let nearest_ordinary = ordinary.best().map_or((String::new(), 0.0), |(i, s)| {
+            (self.ordinary.phrases[i].clone(), s)
+        });
+        let ordinary_score = ordinary.mean();
         // A request for a person is not a risk: a risk category must also
-        // beat the nearest human_request example ("no, i want to speak to
-        // someone" is near "i dont want to be here" for a small model).
-        let nearest_human_request = self
+        // beat the human_request examples ("no, i want to speak to someone"
+        // is near "i dont want to be here" for a small model).
+        let human_request_score = self
             .categories
             .iter()
             .filter(|c| c.category == Escalation::HumanRequest)
-            .filter_map(|c| c.examples.nearest(&query))
-            .map(|(_, similarity)| similarity)
+            .map(|c| c.examples.closest(&query, k).mean())
             .fold(f32::MIN, f32::max);
         let long_enough = normalised.split_whitespace().count() >= MIN_WORDS;
         let matches = self
             .categories
             .iter()
             .filter_map(|c| {
-                let (index, similarity) = c.examples.nearest(&query)?;
+                let closest = c.examples.closest(&query, k);
+                let (index, similarity) = closest.best()?;
+                let score = closest.mean();
                 let competitor = if c.category.is_risk() {
-                    nearest_ordinary.1.max(nearest_human_request)
+                    ordinary_score.max(human_request_score)
                 } else {
-                    nearest_ordinary.1
+                    ordinary_score
                 };
-                let fired = long_enough
-                    && (similarity >= c.certain
-                        || (similarity >= c.threshold && similarity - competitor >= c.margin));
+                let fired = long_enough && c.fires(similarity, score, competitor);
+                let supporting = closest
+                    .as_slice()
+                    .iter()
+                    .skip(1)
+                    .map(|(i, s)| (c.examples.phrases[*i].clone(), *s))
+                    .collect();
                 Some(SemanticMatch {
                     category: c.category,
                     prototype: c.examples.phrases[index].clone(),
                     similarity,
+                    score,
+                    supporting,
                     threshold: c.threshold,
                     fired,
                 })
@@ -435,6 +587,7 @@ impl SemanticScorer {
         Ok(SemanticAssessment {
             matches,
             nearest_ordinary,
+            ordinary_score,
         })
     }
 
@@ -454,6 +607,67 @@ impl SemanticScorer {
             }
         }
         Ok(best)
+    }
+
+    /// `folds`-fold cross-validation of the risk categories on the examples
+    /// themselves: example `i` of every list falls in fold `i % folds`; each
+    /// fold is judged, with the configured thresholds, against the examples
+    /// of the other folds only. This is how the thresholds were chosen, and
+    /// it needs no test sentences. Uses the vectors embedded at load, so it
+    /// costs only dot products (well under a second for a thousand examples).
+    pub fn cross_validate(&self, folds: usize) -> CrossValidation {
+        let folds = folds.max(2);
+        let k = self.neighbours;
+        let dimension = self.embedder.dimension();
+        let human_request = self
+            .categories
+            .iter()
+            .find(|c| c.category == Escalation::HumanRequest);
+        // Whether any risk category fires on `query`, with fold `fold` held out.
+        let escalates = |query: &[f32], fold: usize| {
+            let out_of_fold = |index: usize| index % folds == fold;
+            let ordinary = self.ordinary.closest_except(query, k, out_of_fold).mean();
+            let human = human_request.map_or(f32::MIN, |c| {
+                c.examples.closest_except(query, k, out_of_fold).mean()
+            });
+            let competitor = ordinary.max(human);
+            self.categories
+                .iter()
+                .filter(|c| c.category.is_risk())
+                .any(|c| {
+                    let closest = c.examples.closest_except(query, k, out_of_fold);
+                    closest
+                        .best()
+                        .is_some_and(|(_, nearest)| c.fires(nearest, closest.mean(), competitor))
+                })
+        };
+        let mut categories = Vec::new();
+        for c in self.categories.iter().filter(|c| c.category.is_risk()) {
+            let (mut total, mut fired) = (0, 0);
+            for index in 0..c.examples.phrases.len() {
+                if c.examples.word_count(index) < MIN_WORDS {
+                    continue;
+                }
+                total += 1;
+                fired += usize::from(escalates(c.examples.row(index, dimension), index % folds));
+            }
+            categories.push((c.category, total, fired));
+        }
+        let (mut total, mut fired) = (0, 0);
+        for index in 0..self.ordinary.phrases.len() {
+            if self.ordinary.word_count(index) < MIN_WORDS {
+                continue;
+            }
+            total += 1;
+            fired += usize::from(escalates(
+                self.ordinary.row(index, dimension),
+                index % folds,
+            ));
+        }
+        CrossValidation {
+            categories,
+            ordinary: (total, fired),
+        }
     }
 
     /// Embeds arbitrary text (benchmarks, diagnostics).
@@ -531,6 +745,8 @@ mod tests {
             category,
             prototype: "p".into(),
             similarity,
+            score: similarity,
+            supporting: vec![("q".into(), similarity - 0.1)],
             threshold: 0.5,
             fired,
         };
@@ -541,6 +757,7 @@ mod tests {
                 hit(Escalation::Safeguarding, false, 0.9),
             ],
             nearest_ordinary: ("o".into(), 0.3),
+            ordinary_score: 0.25,
         };
         let order = [
             Escalation::Emergency,
@@ -556,6 +773,53 @@ mod tests {
             a.nearest().map(|m| m.category),
             Some(Escalation::Safeguarding)
         );
-        assert!(a.describe(None).contains("similarity 0.90"));
+        let described = a.describe(None);
+        assert!(described.contains("similarity 0.90"), "{described}");
+        assert!(described.contains("\"q\" 0.80"), "{described}");
+        assert!(described.contains("ordinary score 0.25"), "{described}");
+    }
+
+    #[test]
+    fn neighbours_keep_the_best_k_in_order() {
+        let mut n = Neighbours::default();
+        for (index, similarity) in [0.1, 0.9, 0.4, 0.7, 0.2, 0.8].into_iter().enumerate() {
+            n.offer(index, similarity, 3);
+        }
+        assert_eq!(n.as_slice(), &[(1, 0.9), (5, 0.8), (3, 0.7)]);
+        assert_eq!(n.best(), Some((1, 0.9)));
+        assert!((n.mean() - 0.8).abs() < 1e-6);
+        assert_eq!(Neighbours::default().mean(), 0.0);
+
+        let mut one = Neighbours::default();
+        for (index, similarity) in [0.3, 0.5, 0.4].into_iter().enumerate() {
+            one.offer(index, similarity, 1);
+        }
+        assert_eq!(one.as_slice(), &[(1, 0.5)]);
+    }
+
+    #[test]
+    fn closest_scans_rows_of_the_query_dimension() {
+        let set = PrototypeSet {
+            phrases: vec!["a".into(), "b".into(), "c".into()],
+            labels: vec![0; 3],
+            vectors: vec![1.0, 0.0, 0.0, 1.0, 0.6, 0.8],
+        };
+        let closest = set.closest(&[0.0, 1.0], 2);
+        assert_eq!(closest.as_slice(), &[(1, 1.0), (2, 0.8)]);
+        assert_eq!(set.closest(&[1.0, 0.0], 1).best(), Some((0, 1.0)));
+        // Asking for more than there are keeps what there is.
+        assert_eq!(set.closest(&[1.0, 0.0], 8).as_slice().len(), 3);
+    }
+
+    #[test]
+    fn neighbours_outside_the_supported_range_are_refused() {
+        let mut s = section(MINIMAL);
+        assert_eq!(s.neighbours, 1);
+        s.neighbours = 0;
+        assert!(s.validate().unwrap_err().contains("neighbours"));
+        s.neighbours = MAX_NEIGHBOURS + 1;
+        assert!(s.validate().unwrap_err().contains("neighbours"));
+        s.neighbours = 3;
+        assert_eq!(s.validate(), Ok(()));
     }
 }
