@@ -62,6 +62,18 @@ fn scenarios_work_against_a_sipp_stand_in_callee() {
         ("uac_busy.xml", "uas_reject_503.xml", &[]),
         ("uac_not_found.xml", "uas_reject_404.xml", &[]),
         ("uac_options.xml", "uas_options.xml", &[]),
+        ("uac_late_offer.xml", "uas_late_offer.xml", &["-d", "600"]),
+        (
+            "uac_late_offer_bad_answer.xml",
+            "uas_late_offer_bad_answer.xml",
+            &[],
+        ),
+        ("uac_info_dtmf.xml", "uas_info_dtmf.xml", &[]),
+        (
+            "uac_reinvite_offerless.xml",
+            "uas_reinvite_offerless.xml",
+            &[],
+        ),
     ];
     for (uac, uas, args) in pairs {
         let port = free_sip_port();
@@ -545,4 +557,186 @@ fn envelope_match_tells_speech_from_other_audio() {
     let silence = vec![0.0f32; 40_000];
     let (corr, _) = envelope_match(&speech, rate, &silence, rate);
     assert!(corr < 0.2, "silence matched speech: {corr}");
+}
+
+// ------------------------------------------------- late offer and INFO DTMF
+
+/// `(kind, detail)` of the call's events, in order.
+fn call_events(engine: &Engine, call_id: &str) -> Vec<(String, String)> {
+    use rusqlite::{Connection, OpenFlags};
+    let conn = Connection::open_with_flags(engine.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the call database");
+    let _ = conn.busy_timeout(Duration::from_secs(2));
+    let mut stmt = conn
+        .prepare("SELECT kind, detail FROM call_events WHERE call_id = ?1 ORDER BY at, rowid")
+        .expect("query call_events");
+    stmt.query_map([call_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("read call_events")
+        .filter_map(Result::ok)
+        .collect()
+}
+
+#[test]
+fn late_offer_call_negotiates_from_the_ack_and_records_speech() {
+    if !peers("late_offer_call_negotiates_from_the_ack_and_records_speech") {
+        return;
+    }
+    let mut engine = Engine::start_default();
+    let run = Sipp::new("uac_late_offer.xml", &engine.sip_target())
+        .service("1000")
+        .args(["-m", "1", "-d", "6000"])
+        .run();
+    assert_sipp_ok(&run, &engine, "late-offer call");
+    assert!(
+        run.logs.contains("RTP/AVP 0 8 101"),
+        "offer m-line not logged: {}",
+        run.logs
+    );
+    let call = the_call(&engine, &run);
+    assert_eq!(call.sip_status, Some(200), "{call:#?}");
+    assert!(call.answered_at.is_some(), "answered_at missing: {call:#?}");
+    assert_eq!(call.hangup_by.as_deref(), Some("caller"), "{call:#?}");
+    assert!(
+        call.codec
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("PCMU")),
+        "codec from the ACK's answer: {call:#?}"
+    );
+    let rx = call.rtp_packets_rx.unwrap_or(0);
+    assert!(rx > 200, "rtp_packets_rx {rx} too low: {call:#?}");
+    assert!(
+        call.rtp_packets_tx.unwrap_or(0) > 100,
+        "the greeting was not sent to the address in the ACK: {call:#?}"
+    );
+    let recording = resolve_recording(
+        &engine,
+        call.recording_path.as_deref().expect("recording_path set"),
+    );
+    let (rate, caller) = read_wav_channel(&recording, 0);
+    let (speech_rate, speech) = read_wav_channel(&fixture("speech_8k.wav"), 0);
+    let (corr, offset_ms) = envelope_match(&speech, speech_rate, &caller, rate);
+    eprintln!(
+        "late offer: caller channel vs played speech: correlation {corr:.3} at {offset_ms} ms"
+    );
+    assert!(
+        corr > 0.7,
+        "the played speech is not in the caller channel (correlation {corr:.3})"
+    );
+    engine.stop();
+}
+
+#[test]
+fn late_offer_with_an_unusable_answer_in_the_ack_is_hung_up_with_a_reason() {
+    if !peers("late_offer_with_an_unusable_answer_in_the_ack_is_hung_up_with_a_reason") {
+        return;
+    }
+    let mut engine = Engine::start_default();
+    let run = Sipp::new("uac_late_offer_bad_answer.xml", &engine.sip_target())
+        .args(["-m", "1"])
+        .timeout(Duration::from_secs(20))
+        .run();
+    assert_sipp_ok(&run, &engine, "late offer, bad answer");
+    assert!(
+        run.logs
+            .contains("BYE Reason: SIP;cause=488;text=\"unusable SDP answer in ACK"),
+        "BYE without the expected Reason: {}",
+        run.logs
+    );
+    let call = the_call(&engine, &run);
+    assert_eq!(call.hangup_by.as_deref(), Some("system"), "{call:#?}");
+    assert!(
+        call.end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("unusable SDP answer in ACK")),
+        "{call:#?}"
+    );
+    assert!(
+        call.answered_at.is_none(),
+        "no media was agreed, so the call never counts as answered: {call:#?}"
+    );
+    let events = call_events(&engine, call.id.as_deref().expect("call id"));
+    assert!(
+        events.iter().any(|(kind, _)| kind == "late_offer_failed"),
+        "{events:?}"
+    );
+    engine.assert_alive("after a bad late-offer answer");
+    engine.stop();
+}
+
+const RECORD_UNTIL_HASH_DIALPLAN: &str = r#"
+[[route]]
+name = "voicemail"
+match.number = "*"
+actions = [ { record = { max_secs = 30 } }, { hangup = {} } ]
+"#;
+
+#[test]
+fn info_dtmf_reaches_the_dialplan_and_hash_ends_the_recording() {
+    if !peers("info_dtmf_reaches_the_dialplan_and_hash_ends_the_recording") {
+        return;
+    }
+    let mut engine = Engine::builder()
+        .dialplans(&[("main.toml", RECORD_UNTIL_HASH_DIALPLAN)])
+        .start();
+    let started = Instant::now();
+    let run = Sipp::new("uac_info_dtmf.xml", &engine.sip_target())
+        .args(["-m", "1"])
+        .timeout(Duration::from_secs(30))
+        .run();
+    // The scenario itself checks 200 for both digits, 469 for an Info
+    // Package, 415 for an unknown body and the engine's BYE after `#`.
+    assert_sipp_ok(&run, &engine, "INFO DTMF");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "`#` did not end the 30 s recording"
+    );
+    let call = the_call(&engine, &run);
+    assert_eq!(call.hangup_by.as_deref(), Some("frontdoor"), "{call:#?}");
+    assert_eq!(
+        call.end_reason.as_deref(),
+        Some("dialplan finished"),
+        "{call:#?}"
+    );
+    let events = call_events(&engine, call.id.as_deref().expect("call id"));
+    assert!(
+        events
+            .iter()
+            .any(|(kind, detail)| kind == "dtmf" && detail == "5#"),
+        "both INFO digits, and only those, in the call's events: {events:?}"
+    );
+    assert!(
+        engine.log().contains("DTMF by SIP INFO"),
+        "digits not logged: {}",
+        engine.log()
+    );
+    engine.stop();
+}
+
+#[test]
+fn offerless_reinvite_gets_an_offer_and_the_ack_answer_is_applied() {
+    if !peers("offerless_reinvite_gets_an_offer_and_the_ack_answer_is_applied") {
+        return;
+    }
+    let mut engine = Engine::start_default();
+    let run = Sipp::new("uac_reinvite_offerless.xml", &engine.sip_target())
+        .args(["-m", "1"])
+        .timeout(Duration::from_secs(30))
+        .run();
+    assert_sipp_ok(&run, &engine, "offerless re-INVITE");
+    let call = the_call(&engine, &run);
+    assert_eq!(call.hangup_by.as_deref(), Some("caller"), "{call:#?}");
+    let events = call_events(&engine, call.id.as_deref().expect("call id"));
+    let answered: Vec<&str> = events
+        .iter()
+        .filter(|(kind, _)| kind == "reoffer_answered")
+        .map(|(_, detail)| detail.as_str())
+        .collect();
+    // The caller's a=sendonly answer puts our side on receive-only, its
+    // a=sendrecv answer resumes: both came only in ACKs.
+    assert_eq!(
+        answered,
+        vec!["RecvOnly PCMU", "SendRecv PCMU"],
+        "{events:?}"
+    );
+    engine.stop();
 }

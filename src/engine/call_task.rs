@@ -17,7 +17,7 @@ use crate::control::{CallPhase, LiveCall, SupervisorCommand};
 use crate::dialplan::Route;
 use crate::events::CallEvent;
 use crate::media::{self, CallRecorder, Direction, MediaHandle, MediaStream, SdpError};
-use crate::sip::{CallKey, IncomingInvite};
+use crate::sip::{CallKey, DialogEvent, IncomingInvite};
 use crate::store::{CallEnd, HangupBy, MediaStats, NewCall};
 
 /// Signalling that reaches a call's task.
@@ -145,21 +145,21 @@ async fn answer_and_run(
     signals: &mut mpsc::Receiver<CallSignal>,
 ) -> Result<(Ending, Option<MediaStats>), Refusal> {
     let settings = &shared.settings;
-    let Some(offer) = invite.sdp.as_deref() else {
-        // Late offer (INVITE without SDP) is rare on trunks that talk to
-        // IVRs; refusing clearly beats a call with no audio.
-        return Err(Refusal::new(
-            488,
-            "no_codec",
-            "INVITE without an SDP offer is not supported",
-        ));
+    // No SDP in the INVITE is a late offer (RFC 3261 13.2.1, trunks and some
+    // PBXs): our 200 OK carries the offer and the ACK the answer.
+    let early_offer = match invite.sdp.as_deref() {
+        Some(offer) => Some(
+            media::sdp::negotiate(offer, &settings.caps).map_err(|e| match e {
+                SdpError::Malformed(m) => {
+                    Refusal::new(400, "bad_request", format!("malformed SDP: {m}"))
+                }
+                SdpError::NoUsableMedia(m) => {
+                    Refusal::new(488, "no_codec", format!("no usable media: {m}"))
+                }
+            })?,
+        ),
+        None => None,
     };
-    let negotiated = media::sdp::negotiate(offer, &settings.caps).map_err(|e| match e {
-        SdpError::Malformed(m) => Refusal::new(400, "bad_request", format!("malformed SDP: {m}")),
-        SdpError::NoUsableMedia(m) => {
-            Refusal::new(488, "no_codec", format!("no usable media: {m}"))
-        }
-    })?;
     let lease = shared
         .ports
         .allocate()
@@ -190,10 +190,39 @@ async fn answer_and_run(
 
     let session_id = rand::random::<u32>() as u64;
     let mut sdp_version = 1u64;
-    shared.sip.answer(
-        key,
-        media::sdp::build_answer(&negotiated, local_ip, local_port, session_id, sdp_version),
-    );
+    // Watched before answering: the ACK (and its answer) cannot come sooner.
+    let mut dialog = shared.sip.watch_dialog(key);
+    let negotiated = match early_offer {
+        Some(negotiated) => {
+            shared.sip.answer(
+                key,
+                media::sdp::build_answer(
+                    &negotiated,
+                    local_ip,
+                    local_port,
+                    session_id,
+                    sdp_version,
+                ),
+            );
+            negotiated
+        }
+        None => {
+            shared.sip.answer(
+                key,
+                media::sdp::build_offer(
+                    &settings.caps,
+                    local_ip,
+                    local_port,
+                    session_id,
+                    sdp_version,
+                ),
+            );
+            match late_offer_answer(shared, key, id, &mut dialog, signals).await {
+                Ok(negotiated) => negotiated,
+                Err(ending) => return Ok((ending, None)),
+            }
+        }
+    };
 
     let recording = if route.records() {
         let path = settings.recordings_dir.join(format!("{id}.wav"));
@@ -243,6 +272,8 @@ async fn answer_and_run(
     let max_call = Duration::from_secs(settings.config.limits.max_call_secs);
 
     let mut current = negotiated;
+    // Whether our last 2xx to a re-INVITE was an offer whose answer is due in the ACK.
+    let mut reoffer_answer_due = false;
     let ending = {
         let ctx = ActionContext {
             assistant: shared.assistant.as_ref(),
@@ -294,7 +325,19 @@ async fn answer_and_run(
                     Some(CallSignal::Acked) => {}
                     Some(CallSignal::HangupComplete(_)) => {}
                     Some(CallSignal::ReOffer(sdp)) => {
+                        reoffer_answer_due = sdp.is_none();
                         reoffer(shared, key, id, &handle, &mut current, sdp.as_deref(), local_ip, local_port, session_id, &mut sdp_version).await;
+                    }
+                },
+                Some(event) = dialog.recv() => match event {
+                    DialogEvent::InfoDtmf { digit, duration_ms, .. } => {
+                        info!(%digit, duration_ms, "DTMF by SIP INFO");
+                        handle.inject_received_dtmf(digit, duration_ms);
+                    }
+                    DialogEvent::OfferAnswered { sdp, .. } => {
+                        if std::mem::take(&mut reoffer_answer_due) {
+                            apply_reoffer_answer(shared, id, &handle, &mut current, sdp.as_deref()).await;
+                        }
                     }
                 },
             }
@@ -353,12 +396,20 @@ async fn reoffer(
     version: &mut u64,
 ) {
     let Some(sdp) = sdp else {
-        // An offerless re-INVITE asks for our current offer; answering with
-        // the current session keeps the call as it is.
+        // An offerless re-INVITE asks us for an offer (RFC 3261 14.2); third
+        // party call control uses it to renegotiate, so it lists everything
+        // we can do (RFC 6337 5.3) on the same port, and the ACK brings the
+        // answer (`apply_reoffer_answer`).
         *version += 1;
         shared.sip.answer_reoffer(
             key,
-            media::sdp::build_answer(current, local_ip, local_port, session_id, *version),
+            media::sdp::build_offer(
+                &shared.settings.caps,
+                local_ip,
+                local_port,
+                session_id,
+                *version,
+            ),
         );
         return;
     };
@@ -396,6 +447,137 @@ async fn reoffer(
         Err(SdpError::Malformed(m)) => {
             warn!(%m, "malformed re-offer refused");
             shared.sip.reject_reoffer(key, 400);
+        }
+    }
+}
+
+/// Waits for the ACK that answers the offer in our 200 OK (late offer) and
+/// negotiates it. A missing or unusable answer ends the call with a BYE
+/// whose Reason header says why: a call without agreed media is worse than
+/// none.
+async fn late_offer_answer(
+    shared: &Shared,
+    key: CallKey,
+    id: &str,
+    dialog: &mut mpsc::Receiver<DialogEvent>,
+    signals: &mut mpsc::Receiver<CallSignal>,
+) -> Result<media::Negotiated, Ending> {
+    let failure = loop {
+        tokio::select! {
+            event = dialog.recv() => match event {
+                Some(DialogEvent::OfferAnswered { sdp: Some(sdp), .. }) => {
+                    match media::sdp::accept_answer(&sdp, &shared.settings.caps) {
+                        Ok(negotiated) => return Ok(negotiated),
+                        Err(SdpError::Malformed(m)) => break (400, format!("malformed SDP answer in ACK: {m}")),
+                        Err(SdpError::NoUsableMedia(m)) => break (488, format!("unusable SDP answer in ACK: {m}")),
+                    }
+                }
+                Some(DialogEvent::OfferAnswered { sdp: None, .. }) => break (400, "ACK carried no SDP answer to our offer".to_string()),
+                // A digit before the media agreement has nowhere to go.
+                Some(DialogEvent::InfoDtmf { .. }) => {}
+                None => break (500, "signalling closed before the ACK".to_string()),
+            },
+            signal = signals.recv() => match signal {
+                Some(CallSignal::Failed(reason)) => {
+                    return Err(Ending { reason: format!("signalling failed: {reason}"), by: HangupBy::System, outcome: "failed", send_bye: false }.after_bye(shared, key, signals, None).await);
+                }
+                Some(CallSignal::RemoteHangup) => {
+                    return Err(Ending { reason: "caller hung up before the ACK".into(), by: HangupBy::Caller, outcome: "caller_hangup", send_bye: false });
+                }
+                None | Some(CallSignal::Shutdown) => {
+                    return Err(Ending { reason: "engine shutting down".into(), by: HangupBy::System, outcome: "frontdoor_hangup", send_bye: false }.after_bye(shared, key, signals, None).await);
+                }
+                // The ACK itself: its answer arrives on `dialog`.
+                Some(CallSignal::Acked) | Some(CallSignal::Cancelled) | Some(CallSignal::HangupComplete(_)) => {}
+                Some(CallSignal::ReOffer(_)) => shared.sip.reject_reoffer(key, 491),
+            },
+        }
+    };
+    let (cause, reason) = failure;
+    warn!(%reason, "late offer failed; hanging up");
+    shared
+        .store
+        .call_event(id, "late_offer_failed", reason.clone())
+        .await;
+    Err(Ending {
+        reason,
+        by: HangupBy::System,
+        outcome: "failed",
+        send_bye: false,
+    }
+    .after_bye(shared, key, signals, Some(cause))
+    .await)
+}
+
+impl Ending {
+    /// Hangs up (with a Reason header carrying `cause` and our reason when
+    /// given) and waits briefly for the BYE's answer, so the record is
+    /// written after the far end heard of it.
+    async fn after_bye(
+        self,
+        shared: &Shared,
+        key: CallKey,
+        signals: &mut mpsc::Receiver<CallSignal>,
+        cause: Option<u16>,
+    ) -> Ending {
+        match cause {
+            Some(cause) => shared.sip.hangup_with_reason(key, cause, &self.reason),
+            None => shared.sip.hangup(key),
+        }
+        let wait = tokio::time::sleep(Duration::from_secs(8));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                signal = signals.recv() => match signal {
+                    None | Some(CallSignal::HangupComplete(_)) | Some(CallSignal::RemoteHangup) => break,
+                    Some(CallSignal::ReOffer(_)) => shared.sip.reject_reoffer(key, 491),
+                    Some(_) => {}
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The ACK's answer to the offer we made for an offerless re-INVITE. An
+/// unusable answer leaves the media as it was: the call worked before the
+/// re-INVITE and the far end keeps sending what was agreed then.
+async fn apply_reoffer_answer(
+    shared: &Shared,
+    id: &str,
+    handle: &MediaHandle,
+    current: &mut media::Negotiated,
+    sdp: Option<&str>,
+) {
+    let Some(sdp) = sdp else {
+        warn!("ACK carried no answer to our re-offer; media unchanged");
+        shared
+            .store
+            .call_event(id, "reoffer_answer_missing", String::new())
+            .await;
+        return;
+    };
+    match media::sdp::accept_answer(sdp, &shared.settings.caps) {
+        Ok(next) => {
+            info!(direction = ?next.direction, codec = next.codec.encoding_name(), "re-offer answered");
+            handle.update(next.clone());
+            shared
+                .store
+                .call_event(
+                    id,
+                    "reoffer_answered",
+                    format!("{:?} {}", next.direction, next.codec.encoding_name()),
+                )
+                .await;
+            *current = next;
+        }
+        Err(error) => {
+            warn!(%error, "unusable answer to our re-offer; media unchanged");
+            shared
+                .store
+                .call_event(id, "reoffer_answer_rejected", error.to_string())
+                .await;
         }
     }
 }

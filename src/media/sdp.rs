@@ -576,6 +576,22 @@ pub fn build_answer(
     sdp
 }
 
+/// Reads the answer to an offer made with [`build_offer`] from `caps`
+/// (an outgoing call's 200 OK, or the ACK after a late offer or an
+/// offerless re-INVITE). The answer keeps the offer's single audio stream
+/// (RFC 3264 6) and names what the far end will receive, which is what we
+/// send.
+pub fn accept_answer(answer: &str, caps: &MediaCapabilities) -> Result<Negotiated, SdpError> {
+    let negotiated = negotiate(answer, caps)?;
+    if negotiated.offered_streams.len() > 1 {
+        return Err(SdpError::NoUsableMedia(format!(
+            "answer has {} m= lines for our one",
+            negotiated.offered_streams.len()
+        )));
+    }
+    Ok(negotiated)
+}
+
 /// Builds an offer for an outgoing call: all our codecs in preference order, plus
 /// telephone-event on payload type 101 if enabled.
 pub fn build_offer(
@@ -608,6 +624,56 @@ pub fn build_offer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_offer_lists_every_codec_and_reads_the_answer() {
+        let offer = build_offer(&caps(), local(), 20000, 7, 1);
+        assert!(
+            offer.contains("m=audio 20000 RTP/AVP 0 8 101\r\n"),
+            "{offer}"
+        );
+        assert!(
+            offer.contains("a=rtpmap:101 telephone-event/8000"),
+            "{offer}"
+        );
+        let answer = "v=0\r\no=trunk 1 1 IN IP4 198.51.100.7\r\ns=-\r\n\
+            c=IN IP4 198.51.100.7\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8 101\r\n\
+            a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+        let agreed = accept_answer(answer, &caps()).expect("usable answer");
+        assert_eq!(agreed.codec, Codec::Pcma);
+        assert_eq!(agreed.dtmf_payload_type, Some(101));
+        assert_eq!(
+            agreed.remote_rtp,
+            "198.51.100.7:4000".parse().expect("addr")
+        );
+        assert_eq!(agreed.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn answers_we_cannot_use_are_refused() {
+        let g729 = "v=0\r\no=x 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\n\
+            t=0 0\r\nm=audio 4000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+        assert!(matches!(
+            accept_answer(g729, &caps()),
+            Err(SdpError::NoUsableMedia(_))
+        ));
+        let rejected = "v=0\r\no=x 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\n\
+            t=0 0\r\nm=audio 0 RTP/AVP 0\r\n";
+        assert!(matches!(
+            accept_answer(rejected, &caps()),
+            Err(SdpError::NoUsableMedia(_))
+        ));
+        let two = "v=0\r\no=x 1 1 IN IP4 198.51.100.7\r\ns=-\r\nc=IN IP4 198.51.100.7\r\n\
+            t=0 0\r\nm=audio 4000 RTP/AVP 0\r\nm=audio 4002 RTP/AVP 0\r\n";
+        assert!(matches!(
+            accept_answer(two, &caps()),
+            Err(SdpError::NoUsableMedia(_))
+        ));
+        assert!(matches!(
+            accept_answer("garbage", &caps()),
+            Err(SdpError::Malformed(_))
+        ));
+    }
 
     fn caps() -> MediaCapabilities {
         MediaCapabilities::default()

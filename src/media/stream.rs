@@ -102,6 +102,8 @@ enum Command {
     Flush,
     Update(Box<Negotiated>),
     Dtmf(char, Duration),
+    /// A digit that arrived by signalling (SIP INFO), reported like RTP ones.
+    ReceivedDtmf(char, u32),
     Stop(oneshot::Sender<RtpStats>),
 }
 
@@ -325,6 +327,16 @@ impl MediaHandle {
         self.command(Command::Dtmf(digit, duration), "send_dtmf");
     }
 
+    /// Reports a digit the caller sent out of band (SIP INFO) as a
+    /// [`MediaEvent::Dtmf`], in order with the stream's own events, so the
+    /// call's logic treats both transports alike.
+    pub fn inject_received_dtmf(&self, digit: char, duration_ms: u32) {
+        self.command(
+            Command::ReceivedDtmf(digit, duration_ms),
+            "inject_received_dtmf",
+        );
+    }
+
     /// Counters as of the last tick.
     pub fn stats(&self) -> RtpStats {
         self.shared.stats.lock().clone()
@@ -505,6 +517,9 @@ impl StreamTask {
                 if !self.session.send_dtmf(digit, duration) {
                     tracing::warn!(%digit, "DTMF not sent (not negotiated, invalid or queue full)");
                 }
+            }
+            Command::ReceivedDtmf(digit, duration_ms) => {
+                self.emit_control(MediaEvent::Dtmf { digit, duration_ms });
             }
             Command::Stop(_) => {}
         }

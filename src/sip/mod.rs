@@ -31,7 +31,9 @@ pub use peer::Transport;
 pub use transaction::TimerConfig;
 pub use transport::{OutboundCall, SipCallError};
 pub use transport::{SipHandle, start};
-pub use ua::{CallKey, IncomingInvite, OutboundEvent, OutgoingInvite, ReferEvent, SipEvent};
+pub use ua::{
+    CallKey, DialogEvent, IncomingInvite, OutboundEvent, OutgoingInvite, ReferEvent, SipEvent,
+};
 
 /// Listener and identity settings for [`start`].
 #[derive(Debug, Clone)]

@@ -22,7 +22,9 @@ use super::auth::{Registrar, RegistrarConfig, RegistrationEvent};
 use super::message::Uri;
 use super::parse::{Frame, MAX_MESSAGE_BYTES, StreamFramer};
 use super::peer::{ConnectionId, Peer, Transmit, Transport};
-use super::ua::{OutboundEvent, OutgoingInvite, ReferEvent, UaConfig, UaError, UserAgent};
+use super::ua::{
+    DialogEvent, OutboundEvent, OutgoingInvite, ReferEvent, UaConfig, UaError, UserAgent,
+};
 use super::{CallKey, SipConfig, SipError, SipEvent};
 
 /// Most TCP connections at once; further accepts wait for a free slot.
@@ -63,7 +65,8 @@ pub(super) enum Command {
     Ringing(CallKey),
     Answer(CallKey, String),
     Reject(CallKey, u16, Option<String>, Vec<(String, String)>),
-    Hangup(CallKey),
+    Hangup(CallKey, Option<(u16, String)>),
+    WatchDialog(CallKey, mpsc::Sender<DialogEvent>),
     AnswerReoffer(CallKey, String),
     RejectReoffer(CallKey, u16),
     Invite(
@@ -142,7 +145,23 @@ impl SipHandle {
 
     /// BYE for an answered call; 480 for one not yet answered.
     pub fn hangup(&self, call: CallKey) {
-        self.send(Command::Hangup(call));
+        self.send(Command::Hangup(call, None));
+    }
+
+    /// Like [`Self::hangup`], with a Reason header (RFC 3326) on the BYE
+    /// carrying SIP status `cause` and `text`, so the far end's logs say why.
+    pub fn hangup_with_reason(&self, call: CallKey, cause: u16, text: &str) {
+        self.send(Command::Hangup(call, Some((cause, text.to_owned()))));
+    }
+
+    /// The call's [`DialogEvent`]s (the ACK's answer to our offer, INFO
+    /// DTMF) from now on. Commands are handled in order, so watching before
+    /// [`Self::answer`] cannot miss the ACK. The channel closes when the
+    /// call ends.
+    pub fn watch_dialog(&self, call: CallKey) -> mpsc::Receiver<DialogEvent> {
+        let (events_tx, events) = mpsc::channel(CALL_EVENT_QUEUE);
+        self.send(Command::WatchDialog(call, events_tx));
+        events
     }
 
     pub fn answer_reoffer(&self, call: CallKey, sdp: String) {
@@ -284,6 +303,7 @@ pub async fn start(cfg: SipConfig) -> Result<(SipHandle, mpsc::Receiver<SipEvent
         registrations: registrations.clone(),
         outbound: HashMap::new(),
         refer_watchers: HashMap::new(),
+        dialog_watchers: HashMap::new(),
     };
     tokio::spawn(
         shell
@@ -335,6 +355,7 @@ struct Shell {
     /// Calls we placed: their events go to the caller of `invite`.
     outbound: HashMap<CallKey, mpsc::Sender<OutboundEvent>>,
     refer_watchers: HashMap<CallKey, mpsc::Sender<ReferEvent>>,
+    dialog_watchers: HashMap<CallKey, mpsc::Sender<DialogEvent>>,
 }
 
 async fn recv_udp(
@@ -421,7 +442,8 @@ impl Shell {
             Command::Ringing(c)
             | Command::Answer(c, _)
             | Command::Reject(c, ..)
-            | Command::Hangup(c)
+            | Command::Hangup(c, _)
+            | Command::WatchDialog(c, _)
             | Command::AnswerReoffer(c, _)
             | Command::RejectReoffer(c, _)
             | Command::Refer(c, ..) => Some(*c),
@@ -442,7 +464,13 @@ impl Shell {
             Command::Reject(call, status, reason, headers) => {
                 self.ua.reject(now, call, status, reason, headers)
             }
-            Command::Hangup(call) => self.ua.hangup(now, call),
+            Command::Hangup(call, None) => self.ua.hangup(now, call),
+            Command::Hangup(call, Some((cause, text))) => {
+                self.ua.hangup_with_reason(now, call, cause, &text)
+            }
+            Command::WatchDialog(call, events) => {
+                self.dialog_watchers.insert(call, events);
+            }
             Command::AnswerReoffer(call, sdp) => self.ua.answer_reoffer(now, call, sdp),
             Command::RejectReoffer(call, status) => self.ua.reject_reoffer(now, call, status),
             Command::Refer(call, target, referred_by, reply) => {
@@ -522,6 +550,9 @@ impl Shell {
         while let Some(event) = self.ua.poll_refer_event() {
             self.deliver_refer(event);
         }
+        while let Some(event) = self.ua.poll_dialog_event() {
+            self.deliver_dialog(event);
+        }
         while let Some(event) = self.ua.poll_registration_event() {
             // Nobody subscribed is fine: the registrar still keeps the binding.
             let _ = self.registrations.send(event);
@@ -560,6 +591,19 @@ impl Shell {
         }
     }
 
+    fn deliver_dialog(&mut self, event: DialogEvent) {
+        let call = match &event {
+            DialogEvent::OfferAnswered { call, .. } | DialogEvent::InfoDtmf { call, .. } => *call,
+        };
+        // Unwatched calls lose nothing they asked for; a closed watcher is
+        // a call task that has finished.
+        if let Some(sender) = self.dialog_watchers.get(&call)
+            && let Err(mpsc::error::TrySendError::Closed(_)) = sender.try_send(event)
+        {
+            self.dialog_watchers.remove(&call);
+        }
+    }
+
     fn deliver_refer(&mut self, event: ReferEvent) {
         let (call, last) = match &event {
             ReferEvent::Answered { call, status } => {
@@ -589,6 +633,7 @@ impl Shell {
         };
         if let Some(call) = ended {
             self.refer_watchers.remove(&call);
+            self.dialog_watchers.remove(&call);
         }
         let converted = match &event {
             SipEvent::RemoteHangup { call } if self.outbound.contains_key(call) => {
@@ -1015,5 +1060,101 @@ Content-Length: 0\r\n\r\n"
         cfg.udp = None;
         cfg.tcp = None;
         assert!(matches!(start(cfg).await, Err(SipError::NoListener)));
+    }
+
+    #[tokio::test]
+    async fn late_offer_answer_and_info_dtmf_reach_the_dialog_watcher() {
+        let (handle, mut events) = start(config()).await.unwrap();
+        let server = handle.local_udp_addr().unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let phone_addr = phone.local_addr().unwrap();
+        let invite = format!(
+            "INVITE sip:1000@{server} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {phone_addr};branch=z9hG4bKlate1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@{phone_addr}>;tag=ph9\r\n\
+To: <sip:1000@{server}>\r\n\
+Call-ID: late-test-1\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{phone_addr}>\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        phone.send_to(invite.as_bytes(), server).await.unwrap();
+        assert_eq!(recv_response(&phone).await.status, 100);
+        let SipEvent::IncomingCall { call, invite } = next_event(&mut events).await else {
+            panic!("expected IncomingCall")
+        };
+        assert_eq!(invite.sdp, None);
+        let mut dialog = handle.watch_dialog(call);
+        handle.answer(call, "v=0\r\noffer\r\n".to_owned());
+        let ok = recv_response(&phone).await;
+        assert_eq!((ok.status, &ok.body[..]), (200, &b"v=0\r\noffer\r\n"[..]));
+        let to = ok.headers.get("To").unwrap().to_owned();
+        let in_dialog = |method: &str, cseq: u32, content_type: &str, body: &str| {
+            format!(
+                "{method} sip:frontdoor@{server} SIP/2.0\r\n\
+Via: SIP/2.0/UDP {phone_addr};branch=z9hG4bK{method}{cseq};rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@{phone_addr}>;tag=ph9\r\n\
+To: {to}\r\n\
+Call-ID: late-test-1\r\n\
+CSeq: {cseq} {method}\r\n\
+Content-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let ack = in_dialog("ACK", 1, "application/sdp", "v=0\r\nanswer\r\n");
+        phone.send_to(ack.as_bytes(), server).await.unwrap();
+        let next_dialog_event = async |dialog: &mut mpsc::Receiver<DialogEvent>| {
+            tokio::time::timeout(Duration::from_secs(5), dialog.recv())
+                .await
+                .expect("timed out waiting for a dialog event")
+                .expect("dialog channel closed")
+        };
+        assert_eq!(
+            next_dialog_event(&mut dialog).await,
+            DialogEvent::OfferAnswered {
+                call,
+                sdp: Some("v=0\r\nanswer\r\n".to_owned())
+            }
+        );
+        assert_eq!(next_event(&mut events).await, SipEvent::Acked { call });
+
+        let info = in_dialog(
+            "INFO",
+            2,
+            "application/dtmf-relay",
+            "Signal=#\r\nDuration=100\r\n",
+        );
+        phone.send_to(info.as_bytes(), server).await.unwrap();
+        assert_eq!(recv_response(&phone).await.status, 200);
+        assert_eq!(
+            next_dialog_event(&mut dialog).await,
+            DialogEvent::InfoDtmf {
+                call,
+                digit: '#',
+                duration_ms: 100
+            }
+        );
+
+        handle.hangup_with_reason(call, 488, "unusable answer");
+        let SipMessage::Request(bye) = recv_message(&phone).await else {
+            panic!("expected BYE")
+        };
+        assert_eq!(
+            bye.headers.get("Reason"),
+            Some("SIP;cause=488;text=\"unusable answer\"")
+        );
+        let ok = Response::for_request(&bye, 200, "OK", None);
+        phone.send_to(&ok.to_bytes(), server).await.unwrap();
+        assert!(matches!(
+            next_event(&mut events).await,
+            SipEvent::HangupComplete { .. }
+        ));
+        // The call is over: its watcher is released and the channel closes.
+        let closed = tokio::time::timeout(Duration::from_secs(5), dialog.recv()).await;
+        assert_eq!(closed.expect("channel should close"), None);
+        handle.shutdown().await;
     }
 }

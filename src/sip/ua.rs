@@ -127,6 +127,24 @@ pub enum ReferEvent {
     },
 }
 
+/// In-dialog happenings of calls that some caller watches
+/// ([`UserAgent::poll_dialog_event`]), kept apart from [`SipEvent`] so that
+/// code matching every `SipEvent` is not affected by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialogEvent {
+    /// The ACK for a 2xx that carried our SDP offer (late offer, or an
+    /// offerless re-INVITE): its body, the answer (RFC 3264), or `None`
+    /// when the ACK came without one. Reported before [`SipEvent::Acked`].
+    OfferAnswered { call: CallKey, sdp: Option<String> },
+    /// A DTMF digit sent with SIP INFO (application/dtmf-relay or
+    /// application/dtmf); 200 already sent.
+    InfoDtmf {
+        call: CallKey,
+        digit: char,
+        duration_ms: u32,
+    },
+}
+
 /// A call to place.
 #[derive(Debug, Clone)]
 pub struct OutgoingInvite {
@@ -176,6 +194,16 @@ impl Default for UaConfig {
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
+/// INFO bodies we understand: the two legacy DTMF formats (no Info
+/// Package, RFC 6086 section 2).
+const ACCEPT_INFO: &str = "application/dtmf-relay, application/dtmf";
+
+/// Longest DTMF duration believed from an INFO body; a stuck key is not a
+/// reason to hold anything for minutes.
+const MAX_INFO_DTMF_MS: u32 = 10_000;
+/// Duration assumed when an INFO body gives none (a typical key press).
+const DEFAULT_INFO_DTMF_MS: u32 = 160;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
     /// UAS: INVITE received, no final response yet.
@@ -197,6 +225,8 @@ struct Pending2xx {
     next: Instant,
     give_up: Instant,
     initial: bool,
+    /// The 2xx carried our offer, so the ACK must carry the answer.
+    carries_offer: bool,
 }
 
 #[derive(Debug)]
@@ -232,6 +262,9 @@ struct Call {
     /// The ACK for our INVITE's 2xx, resent when the 2xx is retransmitted.
     ack: Option<Bytes>,
     hangup_pending: bool,
+    /// Reason header (RFC 3326) for our BYE, when the hang-up has a cause
+    /// the far end should see.
+    bye_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +293,7 @@ pub struct UserAgent {
     retransmit_wakeups: BinaryHeap<Reverse<(Instant, CallKey)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SipEvent>,
+    dialog_events: VecDeque<DialogEvent>,
     outbound_events: VecDeque<OutboundEvent>,
     refer_events: VecDeque<ReferEvent>,
     /// Answers REGISTER when set; without it REGISTER gets 405.
@@ -287,6 +321,7 @@ impl UserAgent {
             retransmit_wakeups: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            dialog_events: VecDeque::new(),
             outbound_events: VecDeque::new(),
             refer_events: VecDeque::new(),
             registrar: None,
@@ -324,6 +359,10 @@ impl UserAgent {
 
     pub fn poll_event(&mut self) -> Option<SipEvent> {
         self.events.pop_front()
+    }
+
+    pub fn poll_dialog_event(&mut self) -> Option<DialogEvent> {
+        self.dialog_events.pop_front()
     }
 
     pub fn poll_outbound_event(&mut self) -> Option<OutboundEvent> {
@@ -574,11 +613,64 @@ impl UserAgent {
         call.remote_cseq = seq;
         match method {
             Method::Bye => self.on_bye(now, call_key, id, &request),
-            Method::Info => self.respond_simple(now, id, &request, 200),
+            Method::Info => self.on_info(now, call_key, id, &request),
             Method::Notify => self.on_notify(now, call_key, id, &request),
             Method::Invite | Method::Update => self.on_reoffer(now, call_key, id, request),
             _ => self.respond_simple(now, id, &request, 501),
         }
+    }
+
+    /// INFO inside a dialog (RFC 6086). We announce no Info Packages, so
+    /// only legacy INFO is accepted: empty (a keep-alive some PBXs send) or
+    /// a DTMF body, which becomes a [`DialogEvent::InfoDtmf`].
+    fn on_info(&mut self, now: Instant, call_key: CallKey, id: TxId, request: &Request) {
+        if request.headers.get("Info-Package").is_some() {
+            // RFC 6086 4.2.2: 469 listing the packages we do take: none.
+            let tag = self.random_hex();
+            let mut response = Response::for_request(request, 469, "Bad Info Package", Some(&tag));
+            self.decorate(&mut response);
+            response.headers.push("Recv-Info", "");
+            return self.respond(now, id, &response);
+        }
+        if request.body.is_empty() {
+            return self.respond_simple(now, id, request, 200);
+        }
+        let media_type = request
+            .headers
+            .content_type()
+            .and_then(|t| t.split(';').next())
+            .map(|t| t.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let body = std::str::from_utf8(&request.body).unwrap_or("");
+        let parsed = match media_type.as_str() {
+            "application/dtmf-relay" | "application/dtmf" => parse_info_dtmf(body),
+            _ => {
+                let tag = self.random_hex();
+                let mut response =
+                    Response::for_request(request, 415, default_reason(415), Some(&tag));
+                self.decorate(&mut response);
+                response.headers.push("Accept", ACCEPT_INFO);
+                return self.respond(now, id, &response);
+            }
+        };
+        let Some((digit, duration_ms)) = parsed else {
+            let tag = self.random_hex();
+            let mut response = Response::for_request(
+                request,
+                400,
+                "Bad Request (unreadable DTMF body)",
+                Some(&tag),
+            );
+            self.decorate(&mut response);
+            return self.respond(now, id, &response);
+        };
+        self.respond_simple(now, id, request, 200);
+        tracing::debug!(call_id = %self.call_id(call_key).unwrap_or_default(), %digit, duration_ms, "DTMF by SIP INFO");
+        self.dialog_events.push_back(DialogEvent::InfoDtmf {
+            call: call_key,
+            digit,
+            duration_ms,
+        });
     }
 
     fn on_register(&mut self, now: Instant, id: TxId, request: &Request, peer: Peer) {
@@ -724,6 +816,7 @@ impl UserAgent {
             client_invite: None,
             ack: None,
             hangup_pending: false,
+            bye_reason: None,
         };
         tracing::info!(call_id = %call_id, source = %peer.addr, "incoming call");
         self.calls.insert(key, call);
@@ -847,9 +940,18 @@ impl UserAgent {
             return;
         }
         let initial = pending.initial;
+        let carries_offer = pending.carries_offer;
         call.pending_2xx = None;
         if call.state == CallState::AwaitingAck {
             call.state = CallState::Confirmed;
+        }
+        if carries_offer {
+            // Only the application can judge the answer; a missing or
+            // unusable one means it hangs up (RFC 3261 13.3.1.4 and 14.2).
+            self.dialog_events.push_back(DialogEvent::OfferAnswered {
+                call: call_key,
+                sdp: ack.body_text(),
+            });
         }
         if initial {
             self.events.push_back(SipEvent::Acked { call: call_key });
@@ -1078,6 +1180,7 @@ impl UserAgent {
         payload: Bytes,
         cseq: u32,
         initial: bool,
+        carries_offer: bool,
     ) {
         let timers = self.config.timers;
         let Some(call) = self.calls.get_mut(&call_key) else {
@@ -1091,6 +1194,7 @@ impl UserAgent {
             next,
             give_up: now + timers.transaction_timeout(),
             initial,
+            carries_offer,
         });
         self.retransmit_wakeups.push(Reverse((next, call_key)));
     }
@@ -1126,7 +1230,9 @@ impl UserAgent {
         self.respond(now, id, &response);
     }
 
-    /// 200 OK with our SDP answer; retransmitted until ACKed.
+    /// 200 OK with our SDP; retransmitted until ACKed. For an INVITE
+    /// without a body (late offer) `sdp` is our offer and the answer comes
+    /// in the ACK as [`DialogEvent::OfferAnswered`].
     pub fn answer(&mut self, now: Instant, call_key: CallKey, sdp: String) {
         let Some(call) = self.calls.get(&call_key) else {
             return;
@@ -1135,6 +1241,7 @@ impl UserAgent {
             return;
         };
         let id = *id;
+        let carries_offer = invite.body.is_empty();
         let mut response = self.dialog_response(call, invite, 200);
         response.headers.push("Allow", ALLOW);
         response.set_body("application/sdp", sdp);
@@ -1146,7 +1253,7 @@ impl UserAgent {
             call.invite = None;
         }
         self.server_txs.remove(&id);
-        self.start_2xx_retransmission(now, call_key, payload, cseq, true);
+        self.start_2xx_retransmission(now, call_key, payload, cseq, true, carries_offer);
     }
 
     /// Final failure response for an offered call.
@@ -1181,6 +1288,15 @@ impl UserAgent {
         self.decorate(&mut response);
         self.respond(now, id, &response);
         self.remove_call(call_key);
+    }
+
+    /// Ends the call like [`Self::hangup`], telling the far end why with a
+    /// Reason header on the BYE (RFC 3326), e.g. `SIP;cause=488;text="..."`.
+    pub fn hangup_with_reason(&mut self, now: Instant, call_key: CallKey, cause: u16, text: &str) {
+        if let Some(call) = self.calls.get_mut(&call_key) {
+            call.bye_reason = Some(reason_header(cause, text));
+        }
+        self.hangup(now, call_key);
     }
 
     /// Ends the call whatever its state.
@@ -1228,7 +1344,10 @@ impl UserAgent {
         self.respond(now, reoffer.tx, &response);
         if reoffer.request.method == Method::Invite {
             let cseq = reoffer.request.headers.cseq().map_or(0, |c| c.seq);
-            self.start_2xx_retransmission(now, call_key, payload, cseq, false);
+            // An offerless re-INVITE asked for an offer (RFC 3261 14.2):
+            // this 2xx is one, and the ACK brings the answer.
+            let carries_offer = reoffer.request.body.is_empty();
+            self.start_2xx_retransmission(now, call_key, payload, cseq, false, carries_offer);
         }
     }
 
@@ -1303,9 +1422,16 @@ impl UserAgent {
     }
 
     fn send_bye(&mut self, now: Instant, call_key: CallKey) {
-        let Some((bye, peer)) = self.build_in_dialog_request(call_key, Method::Bye) else {
+        let reason = self
+            .calls
+            .get_mut(&call_key)
+            .and_then(|c| c.bye_reason.take());
+        let Some((mut bye, peer)) = self.build_in_dialog_request(call_key, Method::Bye) else {
             return;
         };
+        if let Some(reason) = reason {
+            bye.headers.push("Reason", reason);
+        }
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
@@ -1428,12 +1554,61 @@ impl UserAgent {
                 client_invite: Some(id),
                 ack: None,
                 hangup_pending: false,
+                bye_reason: None,
             },
         );
         self.by_call_id.insert(call_id, key);
         self.client_txs.insert(id, (key, ClientPurpose::Invite));
         Ok(key)
     }
+}
+
+/// A Reason header value (RFC 3326) for a SIP status `cause`; the text is
+/// reduced to what a quoted-string can carry without escapes.
+pub fn reason_header(cause: u16, text: &str) -> String {
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(120)
+        .collect();
+    format!("SIP;cause={cause};text=\"{text}\"")
+}
+
+/// The digit and duration of a legacy DTMF INFO body: application/dtmf-relay
+/// (`Signal=5` and `Duration=160` lines) or application/dtmf (just the
+/// signal). Signals are `0-9 * # A-D` or their RFC 4733 event codes 0-15.
+fn parse_info_dtmf(body: &str) -> Option<(char, u32)> {
+    if !body.contains('=') {
+        return Some((dtmf_signal(body)?, DEFAULT_INFO_DTMF_MS));
+    }
+    let mut signal = None;
+    let mut duration_ms = DEFAULT_INFO_DTMF_MS;
+    for line in body.lines().take(16) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.eq_ignore_ascii_case("signal") {
+            signal = Some(dtmf_signal(value)?);
+        } else if key.eq_ignore_ascii_case("duration") {
+            // A garbled duration does not make the digit less real.
+            if let Ok(ms) = value.trim().parse::<u32>() {
+                duration_ms = ms.min(MAX_INFO_DTMF_MS);
+            }
+        }
+    }
+    signal.map(|digit| (digit, duration_ms))
+}
+
+fn dtmf_signal(value: &str) -> Option<char> {
+    const EVENTS: &[u8; 16] = b"0123456789*#ABCD";
+    let value = value.trim();
+    if let Ok(code) = value.parse::<usize>() {
+        return EVENTS.get(code).map(|&b| char::from(b));
+    }
+    let mut chars = value.chars();
+    let signal = chars.next()?.to_ascii_uppercase();
+    (chars.next().is_none() && matches!(signal, '*' | '#' | 'A'..='D')).then_some(signal)
 }
 
 /// Extra headers from the application must not break framing or the
@@ -2351,5 +2526,350 @@ Content-Length: 0\r\n\r\n";
             while ua.poll_transmit().is_some() {}
             while ua.poll_event().is_some() {}
         }
+    }
+
+    fn late_invite_text(call_id: &str) -> String {
+        format!(
+            "INVITE sip:1000@192.0.2.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKlate;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@192.0.2.10>;tag=caller1\r\n\
+To: <sip:1000@192.0.2.1>\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@192.0.2.10:5062>\r\n\
+Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// An in-dialog request with a Content-Type and any extra header lines.
+    fn in_dialog_typed(
+        method: &str,
+        call_id: &str,
+        to_tag: &str,
+        cseq: u32,
+        content_type: &str,
+        extra: &str,
+        body: &str,
+    ) -> String {
+        format!(
+            "{method} sip:frontdoor@192.0.2.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK{method}{cseq};rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@192.0.2.10>;tag=caller1\r\n\
+To: <sip:1000@192.0.2.1>;tag={to_tag}\r\n\
+Call-ID: {call_id}\r\n\
+CSeq: {cseq} {method}\r\n\
+Contact: <sip:alice@192.0.2.10:5062>\r\n\
+{extra}Content-Type: {content_type}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A late-offer call answered with our offer; returns the call and our tag.
+    fn late_offer_call(ua: &mut UserAgent, now: Instant, call_id: &str) -> (CallKey, String) {
+        ua.handle_datagram(now, late_invite_text(call_id).as_bytes(), caller());
+        assert_eq!(statuses(ua), vec![100]);
+        let Some(SipEvent::IncomingCall { call, invite }) = ua.poll_event() else {
+            panic!("no IncomingCall")
+        };
+        assert_eq!(invite.sdp, None, "no offer in a late-offer INVITE");
+        ua.answer(now, call, "v=0 our offer".to_owned());
+        let ok = responses(ua);
+        assert_eq!(ok[0].status, 200);
+        assert_eq!(&ok[0].body[..], b"v=0 our offer");
+        let tag = ok[0].headers.to().unwrap().tag().unwrap().to_owned();
+        (call, tag)
+    }
+
+    #[test]
+    fn late_offer_answer_in_ack_is_reported_before_acked() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, tag) = late_offer_call(&mut ua, now, "lo1");
+        ua.handle_datagram(
+            now,
+            in_dialog_typed("ACK", "lo1", &tag, 1, "application/sdp", "", "v=0 answer").as_bytes(),
+            caller(),
+        );
+        assert_eq!(
+            ua.poll_dialog_event(),
+            Some(DialogEvent::OfferAnswered {
+                call,
+                sdp: Some("v=0 answer".to_owned())
+            })
+        );
+        assert_eq!(ua.poll_event(), Some(SipEvent::Acked { call }));
+        // The ACK stopped the 2xx retransmissions.
+        ua.handle_timeout(now + T1 * 3);
+        assert!(statuses(&mut ua).is_empty());
+        // A retransmitted ACK is not a second answer.
+        ua.handle_datagram(
+            now,
+            in_dialog_typed("ACK", "lo1", &tag, 1, "application/sdp", "", "v=0 answer").as_bytes(),
+            caller(),
+        );
+        assert_eq!(ua.poll_dialog_event(), None);
+    }
+
+    #[test]
+    fn late_offer_ack_without_answer_is_reported_as_such() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, tag) = late_offer_call(&mut ua, now, "lo2");
+        ua.handle_datagram(
+            now,
+            in_dialog("ACK", "lo2", &tag, 1, "z9hG4bKack", "").as_bytes(),
+            caller(),
+        );
+        assert_eq!(
+            ua.poll_dialog_event(),
+            Some(DialogEvent::OfferAnswered { call, sdp: None })
+        );
+        assert_eq!(ua.poll_event(), Some(SipEvent::Acked { call }));
+        // The application refuses the call: BYE carrying the reason.
+        ua.hangup_with_reason(now, call, 400, "ACK carried no \"SDP\" answer\r\nX: y");
+        let (bye, _) = requests(&mut ua).pop().expect("BYE sent");
+        assert_eq!(bye.method, Method::Bye);
+        assert_eq!(
+            bye.headers.get("Reason"),
+            Some("SIP;cause=400;text=\"ACK carried no SDP answerX: y\"")
+        );
+        assert!(bye.headers.get("X").is_none(), "no header injection");
+    }
+
+    #[test]
+    fn early_offer_ack_raises_no_dialog_event_and_plain_bye_has_no_reason() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, _) = answered_call(&mut ua, now, "eo1");
+        assert_eq!(ua.poll_dialog_event(), None);
+        ua.hangup(now, call);
+        let (bye, _) = requests(&mut ua).pop().expect("BYE sent");
+        assert!(bye.headers.get("Reason").is_none());
+    }
+
+    #[test]
+    fn hangup_with_reason_before_ack_sends_reason_after_ack() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, tag) = late_offer_call(&mut ua, now, "lo3");
+        ua.hangup_with_reason(now, call, 503, "engine shutting down");
+        assert!(requests(&mut ua).is_empty(), "no BYE before the ACK");
+        ua.handle_datagram(
+            now,
+            in_dialog("ACK", "lo3", &tag, 1, "z9hG4bKack", "").as_bytes(),
+            caller(),
+        );
+        let (bye, _) = requests(&mut ua).pop().expect("BYE after ACK");
+        assert_eq!(
+            bye.headers.get("Reason"),
+            Some("SIP;cause=503;text=\"engine shutting down\"")
+        );
+    }
+
+    #[test]
+    fn offerless_reinvite_gets_our_offer_and_the_ack_answer_is_reported() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, tag) = answered_call(&mut ua, now, "ri1");
+        ua.handle_datagram(
+            now,
+            in_dialog("INVITE", "ri1", &tag, 2, "z9hG4bKre", "").as_bytes(),
+            caller(),
+        );
+        assert_eq!(statuses(&mut ua), vec![100]);
+        assert_eq!(ua.poll_event(), Some(SipEvent::ReOffer { call, sdp: None }));
+        ua.answer_reoffer(now, call, "v=0 re-offer".to_owned());
+        let ok = responses(&mut ua).pop().unwrap();
+        assert_eq!((ok.status, &ok.body[..]), (200, &b"v=0 re-offer"[..]));
+        ua.handle_datagram(
+            now,
+            in_dialog_typed(
+                "ACK",
+                "ri1",
+                &tag,
+                2,
+                "application/sdp",
+                "",
+                "v=0 re-answer",
+            )
+            .as_bytes(),
+            caller(),
+        );
+        assert_eq!(
+            ua.poll_dialog_event(),
+            Some(DialogEvent::OfferAnswered {
+                call,
+                sdp: Some("v=0 re-answer".to_owned())
+            })
+        );
+        assert_eq!(ua.poll_event(), None, "no second Acked for a re-INVITE");
+        // A re-INVITE with an offer: its ACK carries nothing we wait for.
+        ua.handle_datagram(
+            now,
+            in_dialog("INVITE", "ri1", &tag, 3, "z9hG4bKre3", "v=1").as_bytes(),
+            caller(),
+        );
+        let _ = statuses(&mut ua);
+        assert!(matches!(
+            ua.poll_event(),
+            Some(SipEvent::ReOffer { sdp: Some(_), .. })
+        ));
+        ua.answer_reoffer(now, call, "v=0 answer".to_owned());
+        let _ = responses(&mut ua);
+        ua.handle_datagram(
+            now,
+            in_dialog("ACK", "ri1", &tag, 3, "z9hG4bKack3", "").as_bytes(),
+            caller(),
+        );
+        assert_eq!(ua.poll_dialog_event(), None);
+    }
+
+    #[test]
+    fn info_dtmf_is_accepted_and_reported() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (call, tag) = answered_call(&mut ua, now, "in1");
+        let cases: &[(&str, &str, char, u32)] = &[
+            (
+                "application/dtmf-relay",
+                "Signal=5\r\nDuration=160\r\n",
+                '5',
+                160,
+            ),
+            (
+                "application/dtmf-relay",
+                "signal= #\nduration=250",
+                '#',
+                250,
+            ),
+            (
+                "Application/DTMF-Relay; charset=utf-8",
+                "Signal=11\r\n",
+                '#',
+                160,
+            ),
+            (
+                "application/dtmf-relay",
+                "Signal=*\r\nDuration=999999\r\n",
+                '*',
+                10_000,
+            ),
+            ("application/dtmf", "7", '7', 160),
+            ("application/dtmf", "10\r\n", '*', 160),
+            ("application/dtmf", "b", 'B', 160),
+        ];
+        for (index, (content_type, body, digit, duration_ms)) in cases.iter().enumerate() {
+            let cseq = 2 + index as u32;
+            ua.handle_datagram(
+                now,
+                in_dialog_typed("INFO", "in1", &tag, cseq, content_type, "", body).as_bytes(),
+                caller(),
+            );
+            assert_eq!(statuses(&mut ua), vec![200], "{content_type} {body:?}");
+            assert_eq!(
+                ua.poll_dialog_event(),
+                Some(DialogEvent::InfoDtmf {
+                    call,
+                    digit: *digit,
+                    duration_ms: *duration_ms
+                }),
+                "{content_type} {body:?}"
+            );
+        }
+        assert_eq!(ua.poll_event(), None, "INFO raises no SipEvent");
+    }
+
+    #[test]
+    fn info_we_do_not_understand_is_refused_per_rfc_6086() {
+        let mut ua = ua();
+        let now = Instant::now();
+        let (_, tag) = answered_call(&mut ua, now, "in2");
+        // An unknown body type: 415 naming what we take.
+        ua.handle_datagram(
+            now,
+            in_dialog_typed(
+                "INFO",
+                "in2",
+                &tag,
+                2,
+                "application/media_control+xml",
+                "",
+                "<x/>",
+            )
+            .as_bytes(),
+            caller(),
+        );
+        let refused = responses(&mut ua).pop().unwrap();
+        assert_eq!(refused.status, 415);
+        assert_eq!(refused.headers.get("Accept"), Some(ACCEPT_INFO));
+        // Any Info Package: 469 with the (empty) list of those we take.
+        ua.handle_datagram(
+            now,
+            in_dialog_typed(
+                "INFO",
+                "in2",
+                &tag,
+                3,
+                "application/dtmf-relay",
+                "Info-Package: foo\r\n",
+                "Signal=1\r\n",
+            )
+            .as_bytes(),
+            caller(),
+        );
+        let refused = responses(&mut ua).pop().unwrap();
+        assert_eq!(refused.status, 469);
+        assert!(refused.headers.get("Recv-Info").is_some());
+        // A DTMF type with a body that names no digit: 400.
+        for (cseq, body) in [
+            (4, "Signal=!\r\n"),
+            (5, "Duration=100\r\n"),
+            (6, "\u{0}\u{1}"),
+        ] {
+            ua.handle_datagram(
+                now,
+                in_dialog_typed(
+                    "INFO",
+                    "in2",
+                    &tag,
+                    cseq,
+                    "application/dtmf-relay",
+                    "",
+                    body,
+                )
+                .as_bytes(),
+                caller(),
+            );
+            assert_eq!(statuses(&mut ua), vec![400], "{body:?}");
+        }
+        // An empty INFO (keep-alive) still gets 200.
+        ua.handle_datagram(
+            now,
+            in_dialog("INFO", "in2", &tag, 7, "z9hG4bKinfo7", "").as_bytes(),
+            caller(),
+        );
+        assert_eq!(statuses(&mut ua), vec![200]);
+        assert_eq!(ua.poll_dialog_event(), None, "nothing refused is reported");
+    }
+
+    #[test]
+    fn dtmf_signals_map_like_rfc_4733_events() {
+        assert_eq!(dtmf_signal("0"), Some('0'));
+        assert_eq!(dtmf_signal("12"), Some('A'));
+        assert_eq!(dtmf_signal("15"), Some('D'));
+        assert_eq!(dtmf_signal("16"), None);
+        assert_eq!(dtmf_signal("99999999999999999999999"), None);
+        assert_eq!(dtmf_signal("d"), Some('D'));
+        assert_eq!(dtmf_signal("E"), None);
+        assert_eq!(dtmf_signal("55"), None);
+        assert_eq!(dtmf_signal(""), None);
+        assert_eq!(
+            parse_info_dtmf("Signal=3\r\nDuration=x\r\n"),
+            Some(('3', 160))
+        );
+        assert_eq!(parse_info_dtmf("Duration=100"), None);
     }
 }
