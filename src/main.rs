@@ -190,8 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dialplan(DialplanCommand::Check { dir }) => {
-            let dir = dir.unwrap_or(config.dialplans.dir);
-            match frontdoor::engine::load_dialplan(&dir) {
+            // Checked against config.toml too: a transfer to a queue or an
+            // agent the configuration lacks is reported as file:line.
+            let dir = dir.unwrap_or_else(|| config.dialplans.dir.clone());
+            match frontdoor::engine::load_dialplan_checked(&dir, &config) {
                 Ok(plan) => {
                     println!("ok: {} route(s) in {}", plan.routes.len(), dir.display());
                     Ok(ExitCode::SUCCESS)

@@ -305,6 +305,7 @@ where
             takeovers: &takeovers,
             phase: &phase,
         }),
+        caller: None,
     };
     let driver = tokio::spawn(drive(
         rig.live.clone(),

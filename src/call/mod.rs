@@ -5,6 +5,7 @@
 
 pub mod assistant;
 pub mod listener;
+pub mod transcriber;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::answer::{Priority, TransferReason};
 use crate::control::{CallPhase, PhaseHandle, TakeOverTarget};
-use crate::dialplan::Action;
+use crate::dialplan::{Action, TransferAction};
 use crate::events::CallEvent;
 use crate::handoff::{TransferOrder, TransferOutcome, TransferRequest};
 use crate::media::{MediaEvent, MediaHandle};
@@ -25,6 +26,10 @@ use crate::media::{MediaEvent, MediaHandle};
 /// What the caller hears when a supervisor takes the call over (cached at
 /// start-up with the other fixed prompts).
 pub const TAKEOVER_LINE: &str = "I'm putting you through to a colleague now.";
+/// What a caller hears when a dialplan transfer finds nobody to take the
+/// call and the route gives no prompt of its own.
+pub const UNAVAILABLE_LINE: &str =
+    "I'm sorry, nobody can take your call just now. Please try again later.";
 /// Caller lines kept for a take-over's summary, and how long each may be.
 const RECENT_CALLER_LINES: usize = 3;
 const MAX_LINE_CHARS: usize = 200;
@@ -66,6 +71,9 @@ pub struct ActionContext<'a> {
     pub log: assistant::CallLog<'a>,
     /// Supervisor take-overs, when the call is registered for live control.
     pub supervisor: Option<Supervision<'a>>,
+    /// The caller's SIP call, for blind transfers (REFER); `None` where
+    /// the call cannot be referred.
+    pub caller: Option<crate::sip::CallKey>,
 }
 
 /// A supervisor's request to take the call over.
@@ -162,6 +170,7 @@ async fn run_action(
                 // supervisor can re-target a waiting caller.
                 let order = TransferOrder {
                     phase: ctx.supervisor.as_ref().map(|s| s.phase.clone()),
+                    caller: ctx.caller,
                     ..TransferOrder::default()
                 };
                 let transferred = handoff
@@ -170,7 +179,7 @@ async fn run_action(
                         (**request).clone(),
                         &order,
                         &ctx.log,
-                        Some(&services.tts),
+                        Some(services),
                     )
                     .await;
                 set_phase(ctx, CallPhase::Dialplan);
@@ -209,10 +218,125 @@ async fn run_action(
             }
             outcome
         }
+        Action::Transfer(transfer) => dialplan_transfer(transfer, media, log, ctx).await,
         Action::Record { max } => wait(media, log, *max, Until::HashKey).await,
         Action::Pause(d) => wait(media, log, *d, Until::Timeout).await,
         Action::Hangup => Some(ActionsOutcome::Finished),
     }
+}
+
+/// A dialplan's `transfer`: the caller goes to the queue, agent or
+/// address it names. `None` (the next action runs) when nobody could take
+/// the call; the caller is told so first and is never simply dropped.
+async fn dialplan_transfer(
+    transfer: &TransferAction,
+    media: &mut CallMedia,
+    log: &mut ActionLog,
+    ctx: &ActionContext<'_>,
+) -> Option<ActionsOutcome> {
+    let Some(handoff) = ctx.handoff else {
+        // `dialplan check` and start-up refuse this, so it only happens
+        // with a plan checked against another configuration.
+        warn!("dialplan transfer, but no agents or queues are configured");
+        ctx.log
+            .audit_as(
+                "system",
+                "handoff_unavailable",
+                "dialplan transfer: no agents or queues are configured",
+            )
+            .await;
+        return tell_unavailable(transfer, media, log, ctx).await;
+    };
+    publish_state(ctx, "transfer");
+    let target = match (&transfer.agent, &transfer.refer_to, &transfer.queue) {
+        (Some(agent), _, _) => format!("agent {agent}"),
+        (None, Some(uri), _) => format!("{uri} (blind)"),
+        (None, None, Some(queue)) => format!("queue {queue}"),
+        (None, None, None) => "the default queue".to_owned(),
+    };
+    let mut summary = format!("The dialplan sent the caller to {target}.");
+    if !log.dtmf.is_empty() {
+        summary.push_str(" Keys pressed: ");
+        summary.push_str(&log.dtmf);
+        summary.push('.');
+    }
+    let request = TransferRequest {
+        call_id: ctx.log.call_id.to_owned(),
+        reason: TransferReason::HumanRequest,
+        priority: Priority::Normal,
+        queue: transfer.queue.clone(),
+        summary,
+        transcript: Vec::new(),
+        safety_message: None,
+    };
+    let order = TransferOrder {
+        requested_by: Some("dialplan".to_owned()),
+        agent: transfer.agent.clone(),
+        phase: ctx.supervisor.as_ref().map(|s| s.phase.clone()),
+        caller: ctx.caller,
+        refer_to: transfer.refer_to.clone(),
+    };
+    let speech = ctx
+        .assistant
+        .map(|s| s as &dyn crate::handoff::Announcer);
+    let outcome = handoff
+        .transfer_as(media, request, &order, &ctx.log, speech)
+        .await;
+    set_phase(ctx, CallPhase::Dialplan);
+    match outcome {
+        TransferOutcome::Completed { .. } | TransferOutcome::Referred => {
+            Some(ActionsOutcome::Finished)
+        }
+        TransferOutcome::CallerGone => Some(ActionsOutcome::MediaClosed),
+        TransferOutcome::NoAgent { .. } | TransferOutcome::NotConfigured => {
+            tell_unavailable(transfer, media, log, ctx).await
+        }
+    }
+}
+
+/// What a caller hears when a dialplan transfer finds nobody: the
+/// action's own prompt, else the assistant's voice, else the special
+/// information tone every telephone user knows as "this call cannot be
+/// completed". Then the dialplan goes on.
+async fn tell_unavailable(
+    transfer: &TransferAction,
+    media: &mut CallMedia,
+    log: &mut ActionLog,
+    ctx: &ActionContext<'_>,
+) -> Option<ActionsOutcome> {
+    let samples = match &transfer.unavailable {
+        Some(prompt) => prompt.samples.clone(),
+        None => ctx
+            .assistant
+            .and_then(|s| s.prompts.get_or_synthesize(UNAVAILABLE_LINE).ok())
+            .unwrap_or_else(special_information_tone),
+    };
+    media.handle.flush();
+    let length = Duration::from_millis(samples.len() as u64 / 8);
+    media.handle.play(samples);
+    wait(
+        media,
+        log,
+        length + Duration::from_secs(2),
+        Until::PlaybackFinished,
+    )
+    .await
+}
+
+/// The ITU-T E.180 special information tone: 950, 1400 and 1800 Hz,
+/// 330 ms each, then a second of silence.
+fn special_information_tone() -> Arc<[i16]> {
+    let rate = crate::media::SAMPLE_RATE as usize;
+    let segment = rate * 330 / 1000;
+    let mut samples = Vec::with_capacity(segment * 3 + rate);
+    for frequency in [950.0f32, 1400.0, 1800.0] {
+        samples.extend((0..segment).map(|i| {
+            let t = i as f32 / rate as f32;
+            ((2.0 * std::f32::consts::PI * frequency * t).sin() * 6000.0) as i16
+        }));
+    }
+    samples.resize(samples.len() + rate, 0);
+    Arc::from(samples)
 }
 
 /// The next take-over this call can act on. Pending forever without
@@ -294,7 +418,7 @@ async fn take_over(
     }
     let speech = ctx
         .assistant
-        .map(|s| &s.tts as &dyn crate::handoff::Announcer);
+        .map(|s| s as &dyn crate::handoff::Announcer);
     let outcome = loop {
         let (request, order) = takeover_request(ctx, &takeover, &heard);
         info!(by = %takeover.by, target = ?takeover.target, "supervisor takes the call over");
@@ -385,6 +509,8 @@ fn takeover_request(
         requested_by: Some(takeover.by.clone()),
         agent,
         phase: ctx.supervisor.as_ref().map(|s| s.phase.clone()),
+        caller: ctx.caller,
+        refer_to: None,
     };
     (request, order)
 }
@@ -510,5 +636,83 @@ async fn wait(
                 return Some(ActionsOutcome::MediaInactive(silent_for));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialplan::TransferAction;
+    use crate::media::{MediaCapabilities, MediaConfig, MediaStream, PortAllocator};
+    use crate::store::{CallStore, SqliteStore, StoreHandle};
+
+    #[test]
+    fn the_special_information_tone_is_three_rising_tones_then_silence() {
+        let tone = special_information_tone();
+        let segment = 8000 * 330 / 1000;
+        assert_eq!(tone.len(), segment * 3 + 8000);
+        assert!(tone[..segment * 3].iter().any(|s| s.unsigned_abs() > 5000));
+        assert!(tone[segment * 3..].iter().all(|s| *s == 0));
+    }
+
+    /// A transfer with no hand-off configured tells the caller (the tone
+    /// reaches the far end) and the next action runs: never a dropped call.
+    #[tokio::test]
+    async fn a_transfer_without_hand_off_plays_the_tone_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::spawn(SqliteStore::open(dir.path()).unwrap());
+        let events = crate::events::EventBus::new();
+        let redactor = crate::governance::Redactor::none();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let peer = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        let ports = PortAllocator::new(47_300, 47_400);
+        let stream = MediaStream::bind(ip, ports.allocate().unwrap(), MediaConfig::default())
+            .await
+            .unwrap();
+        let caps = MediaCapabilities::default();
+        let offer =
+            crate::media::sdp::build_offer(&caps, ip, peer.local_addr().unwrap().port(), 1, 1);
+        let negotiated = crate::media::sdp::negotiate(&offer, &caps).unwrap();
+        let (handle, media_events) = stream.start(negotiated, None);
+        let mut media = CallMedia {
+            handle: handle.clone(),
+            events: media_events,
+        };
+        let ctx = ActionContext {
+            assistant: None,
+            handoff: None,
+            log: assistant::CallLog {
+                store: &store,
+                events: &events,
+                call_id: "c1",
+                redactor: &redactor,
+            },
+            supervisor: None,
+            caller: None,
+        };
+        let actions = [
+            Action::Transfer(TransferAction {
+                queue: Some("general".into()),
+                agent: None,
+                refer_to: None,
+                unavailable: None,
+                line: 1,
+            }),
+            Action::Pause(Duration::from_millis(100)),
+        ];
+        let mut log = ActionLog::default();
+        let outcome = run_actions(&actions, &mut media, &mut log, &ctx).await;
+        assert!(matches!(outcome, ActionsOutcome::Finished), "{outcome:?}");
+        // About two seconds of tone went out as RTP.
+        assert!(handle.stats().packets_sent > 80, "{:?}", handle.stats());
+        store.flush().await;
+        let audit = SqliteStore::open(dir.path())
+            .unwrap()
+            .audit_for_call("c1")
+            .unwrap();
+        assert!(
+            audit.iter().any(|a| a.action == "handoff_unavailable"),
+            "{audit:?}"
+        );
     }
 }

@@ -34,7 +34,7 @@ use super::auth::{AdminPage, ApiUser, CsrfUser, PageUser, SessionUser};
 use super::live::{FLAG_KINDS, LiveCall, LiveCallDetail};
 use crate::config::Role;
 use crate::control::{ControlError, ListenFrame, SupervisorCommand, TakeOverTarget};
-use crate::handoff::HandoffSection;
+use crate::handoff::{AgentState, AgentStateError, HandoffSection};
 use crate::http::AppState;
 use crate::store::{AuditEntry, CallDetail, CallSearch, StoreError};
 
@@ -79,6 +79,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/calls/{id}/hangup", post(api_hangup))
         .route("/api/calls/{id}/flag", post(api_flag))
         .route("/api/kpis", get(api_kpis))
+        .route("/api/agents/{id}/state", post(api_agent_state))
 }
 
 // ---------------------------------------------------------------- errors
@@ -98,6 +99,10 @@ pub enum ApiError {
     Control(#[from] ControlError),
     #[error("call records are unavailable")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    AgentState(#[from] AgentStateError),
+    #[error("agents are not available on this engine")]
+    NoHandoff,
 }
 
 impl ApiError {
@@ -108,7 +113,10 @@ impl ApiError {
             ApiError::Target(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::Control(ControlError::NotFound) => StatusCode::NOT_FOUND,
             ApiError::Control(_) => StatusCode::CONFLICT,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::NoHandoff => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::AgentState(AgentStateError::UnknownAgent) => StatusCode::NOT_FOUND,
+            ApiError::AgentState(AgentStateError::NotChoosable(_)) => StatusCode::BAD_REQUEST,
+            ApiError::AgentState(_) => StatusCode::CONFLICT,
         }
     }
 }
@@ -810,6 +818,11 @@ struct FlagBody {
     note: String,
 }
 
+#[derive(Deserialize)]
+struct AgentStateBody {
+    state: String,
+}
+
 fn body_or_error<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
         .map_err(|e| ApiError::BadRequest(e.body_text().chars().take(200).collect()))
@@ -892,6 +905,47 @@ async fn api_flag(
     Ok(json_response(
         StatusCode::CREATED,
         &serde_json::json!({ "status": "flagged for review" }),
+    ))
+}
+
+/// A supervisor or admin sets an agent's state: `available`, `break`,
+/// `wrap_up` or `offline` (the others follow calls). Refused with 409
+/// while the agent is ringing or on a call. Audited with the user as actor.
+async fn api_agent_state(
+    State(state): State<AppState>,
+    CsrfUser(user): CsrfUser,
+    Path(id): Path<String>,
+    body: Result<Json<AgentStateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    if !state.config.handoff.agent.iter().any(|a| a.id == id) {
+        return Err(AgentStateError::UnknownAgent.into());
+    }
+    let wanted = AgentState::parse_chosen(body.state.trim()).ok_or_else(|| {
+        ApiError::BadRequest(
+            "state must be \"available\", \"break\", \"wrap_up\" or \"offline\"".into(),
+        )
+    })?;
+    let handoff = state.handoff.as_ref().ok_or(ApiError::NoHandoff)?;
+    let result = handoff.set_agent_state(&id, wanted).await;
+    let detail = match &result {
+        Ok(now) => format!("agent {id}: {} (asked {})", now.as_str(), wanted.as_str()),
+        Err(e) => format!("agent {id}: {} refused: {e}", wanted.as_str()),
+    };
+    state
+        .store
+        .audit(AuditEntry {
+            at: Utc::now(),
+            actor: user.name.clone(),
+            action: "agent_state".to_string(),
+            call_id: None,
+            detail,
+        })
+        .await;
+    let now = result?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "agent": id, "state": now.as_str() }),
     ))
 }
 

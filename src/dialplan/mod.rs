@@ -22,6 +22,20 @@
 //! open = ["mon-fri 08:30-17:00", "sat 09:00-12:30"]
 //! closed_actions = [ { play = "prompts/closed.wav" }, { hangup = {} } ]
 //! ```
+//!
+//! Sending callers straight to people (queues and agents are configured in
+//! `[handoff]` of config.toml; [`Dialplan::check_handoff`] checks that every
+//! name used here exists there):
+//!
+//! ```toml
+//! actions = [
+//!   { transfer = { queue = "general" } },                  # queue's strategy rings agents
+//!   { transfer = { agent = "agent1" } },                   # only this agent (default queue's hold music)
+//!   { transfer = { uri = "sip:2000@192.0.2.40", mode = "blind" } },  # REFER; bridged to the default queue if refused
+//!   { transfer = { queue = "general", unavailable = "prompts/no-one.wav" } },
+//!   { record = { max_secs = 60 } },                        # runs when nobody took the call
+//! ]
+//! ```
 
 mod hours;
 
@@ -36,6 +50,7 @@ use toml::Spanned;
 pub use hours::{OpeningHours, WeeklyWindow};
 
 use crate::config::line_col;
+use crate::handoff::HandoffSection;
 
 /// Decoded 8 kHz mono audio shared by every call that plays it.
 pub type Samples = Arc<[i16]>;
@@ -122,6 +137,20 @@ enum ActionSpec {
         #[serde(default)]
         max_reprompts: Option<u32>,
     },
+    /// Hand the caller to a person: a queue, one agent, or another SIP
+    /// address by blind transfer.
+    Transfer(TransferSpec),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferSpec {
+    queue: Option<String>,
+    agent: Option<String>,
+    uri: Option<String>,
+    mode: Option<String>,
+    /// Prompt played when nobody can take the call; then the next action runs.
+    unavailable: Option<String>,
 }
 
 // ---- compiled form ----------------------------------------------------------
@@ -197,6 +226,25 @@ pub enum Action {
     Pause(Duration),
     Hangup,
     Assistant(AssistantOptions),
+    Transfer(TransferAction),
+}
+
+/// A dialplan's hand-off to people. With neither `queue` nor `agent` the
+/// configuration's default queue serves the caller.
+#[derive(Debug, Clone)]
+pub struct TransferAction {
+    pub queue: Option<String>,
+    /// Ring only this agent (held meanwhile with the queue's music).
+    pub agent: Option<String>,
+    /// Hand the call away by REFER to this `sip:` URI first; when the far
+    /// end refuses, the caller is bridged through `queue` instead.
+    pub refer_to: Option<String>,
+    /// What the caller hears when nobody can take the call (hand-off not
+    /// configured, the queue's maximum wait over); the next action follows.
+    pub unavailable: Option<Prompt>,
+    /// Where the action is written: configuration problems found after
+    /// parsing (an unknown queue) still name the line.
+    pub line: usize,
 }
 
 /// Per-route assistant options (everything else comes from configuration).
@@ -230,10 +278,15 @@ impl Route {
     /// Calls on this route are recorded (stereo) when it records the caller
     /// or runs the assistant (whose conversations are kept for review).
     pub fn records(&self) -> bool {
+        // A transfer keeps the caller's side of the conversation with the
+        // agent on record, as the assistant's hand-offs do.
         let has_record = |actions: &[Action]| {
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::Record { .. } | Action::Assistant(_)))
+            actions.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Record { .. } | Action::Assistant(_) | Action::Transfer(_)
+                )
+            })
         };
         has_record(&self.actions) || self.hours.as_ref().is_some_and(|(_, c)| has_record(c))
     }
@@ -294,6 +347,30 @@ impl Dialplan {
             }
         }
         Ok(plan)
+    }
+
+    /// Checks every `transfer` action against the `[handoff]`
+    /// configuration: the queues and agents it names exist, and a queue
+    /// serves it. The error names the action's file and line, like a
+    /// syntax error, so `frontdoor dialplan check` catches it before a
+    /// caller does.
+    pub fn check_handoff(&self, handoff: &HandoffSection) -> Result<(), DialplanError> {
+        for route in &self.routes {
+            let closed = route.hours.as_ref().map(|(_, c)| c.as_slice());
+            for action in route.actions.iter().chain(closed.unwrap_or(&[])) {
+                let Action::Transfer(transfer) = action else {
+                    continue;
+                };
+                if let Err(message) = check_transfer(transfer, handoff) {
+                    return Err(DialplanError::At {
+                        path: route.file.clone(),
+                        line: transfer.line,
+                        message: format!("route {:?}: {message}", route.name),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The first route whose patterns match.
@@ -391,7 +468,8 @@ fn compile_actions(
             path,
             text,
             list_span,
-            "a route needs at least one action (play, record, pause, hangup)".into(),
+            "a route needs at least one action (play, record, pause, hangup, assistant, transfer)"
+                .into(),
         ));
     }
     let mut actions = Vec::with_capacity(specs.len());
@@ -400,11 +478,7 @@ fn compile_actions(
         let err = |m: String| DialplanError::at(path, text, span.clone(), m);
         actions.push(match spec.into_inner() {
             ActionSpec::Play(file) => {
-                let file_path = if Path::new(&file).is_absolute() {
-                    PathBuf::from(&file)
-                } else {
-                    base.join(&file)
-                };
+                let file_path = resolve(base, &file);
                 let samples =
                     load_prompt(&file_path).map_err(|m| err(format!("prompt {file:?}: {m}")))?;
                 Action::Play(Prompt {
@@ -431,6 +505,23 @@ fn compile_actions(
                 Action::Pause(Duration::from_secs_f64(secs))
             }
             ActionSpec::Hangup {} => Action::Hangup,
+            ActionSpec::Transfer(spec) => {
+                let line = line_col(text, span.start).0;
+                let unavailable = match &spec.unavailable {
+                    Some(file) => {
+                        let file_path = resolve(base, file);
+                        let samples = load_prompt(&file_path).map_err(|m| {
+                            err(format!("transfer unavailable prompt {file:?}: {m}"))
+                        })?;
+                        Some(Prompt {
+                            path: file_path,
+                            samples,
+                        })
+                    }
+                    None => None,
+                };
+                Action::Transfer(compile_transfer(spec, unavailable, line).map_err(err)?)
+            }
             ActionSpec::Assistant {
                 silence_reprompt_secs,
                 max_reprompts,
@@ -449,6 +540,101 @@ fn compile_actions(
         });
     }
     Ok(actions)
+}
+
+/// A prompt path as written: absolute, or relative to its dialplan file.
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    if Path::new(file).is_absolute() {
+        PathBuf::from(file)
+    } else {
+        base.join(file)
+    }
+}
+
+/// The checks that need no configuration: which fields go together.
+fn compile_transfer(
+    spec: TransferSpec,
+    unavailable: Option<Prompt>,
+    line: usize,
+) -> Result<TransferAction, String> {
+    let named = |name: &Option<String>, field: &str| -> Result<(), String> {
+        match name {
+            Some(n) if n.trim().is_empty() => Err(format!("transfer {field} is empty")),
+            _ => Ok(()),
+        }
+    };
+    named(&spec.queue, "queue")?;
+    named(&spec.agent, "agent")?;
+    if spec.agent.is_some() && spec.uri.is_some() {
+        return Err("transfer: give an agent or a uri, not both".into());
+    }
+    let refer_to = match (spec.uri, spec.mode.as_deref()) {
+        (Some(uri), None | Some("blind")) => {
+            if crate::sip::message::Uri::parse(&uri).map_or(true, |u| !u.is_sip()) {
+                return Err(format!("transfer uri {uri:?} is not a sip: URI"));
+            }
+            Some(uri)
+        }
+        (Some(_), Some("bridged")) => {
+            return Err(
+                "transfer to a uri is blind (REFER); for a bridged call declare the address as a \
+                 [[handoff.agent]] with uri = ... in config.toml and use transfer = { agent = ... }"
+                    .into(),
+            );
+        }
+        (Some(_), Some(other)) => {
+            return Err(format!(
+                "transfer mode {other:?}: only \"blind\" applies to a uri"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(
+                "transfer mode applies to a uri; a queue's own transfer mode is set in \
+                 config.toml ([[handoff.queue]] transfer = \"refer\")"
+                    .into(),
+            );
+        }
+        (None, None) => None,
+    };
+    Ok(TransferAction {
+        queue: spec.queue,
+        agent: spec.agent,
+        refer_to,
+        unavailable,
+        line,
+    })
+}
+
+/// A transfer against the configured agents and queues.
+fn check_transfer(transfer: &TransferAction, handoff: &HandoffSection) -> Result<(), String> {
+    let queues: Vec<&str> = handoff.queue.iter().map(|q| q.name.as_str()).collect();
+    if queues.is_empty() {
+        return Err(
+            "transfer needs hand-off queues, and config.toml [handoff] defines none".into(),
+        );
+    }
+    if let Some(queue) = &transfer.queue
+        && !queues.contains(&queue.as_str())
+    {
+        return Err(format!(
+            "transfer queue {queue:?} is not a [[handoff.queue]] in config.toml (queues: {})",
+            queues.join(", ")
+        ));
+    }
+    if let Some(agent) = &transfer.agent
+        && !handoff.agent.iter().any(|a| a.id == *agent)
+    {
+        let agents: Vec<&str> = handoff.agent.iter().map(|a| a.id.as_str()).collect();
+        return Err(format!(
+            "transfer agent {agent:?} is not a [[handoff.agent]] in config.toml (agents: {})",
+            if agents.is_empty() {
+                "none".to_owned()
+            } else {
+                agents.join(", ")
+            }
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -592,6 +778,113 @@ actions = [{ hangup = {} }]
             Action::Record { .. }
         ));
         assert!(matches!(route.actions_at(sunday_noon)[0], Action::Hangup));
+    }
+
+    fn handoff(text: &str) -> HandoffSection {
+        toml::from_str(text).unwrap()
+    }
+
+    const HANDOFF: &str = "default_queue = 'general'\n[[agent]]\nid = 'agent1'\npassword = 'pw'\n\
+                           [[queue]]\nname = 'general'\nmembers = ['agent1']\n";
+
+    #[test]
+    fn transfer_actions_compile_and_check_against_the_configuration() {
+        let plan = load_str(
+            r#"
+[[route]]
+name = "zero"
+match.number = "0"
+actions = [
+  { transfer = { queue = "general", unavailable = "sorry.wav" } },
+  { transfer = { agent = "agent1" } },
+  { transfer = { uri = "sip:2000@192.0.2.40", mode = "blind" } },
+  { record = { max_secs = 30 } },
+]
+"#,
+        )
+        .unwrap();
+        let route = &plan.routes[0];
+        assert!(route.records(), "the caller's side with the agent is kept");
+        let Action::Transfer(queue) = &route.actions[0] else {
+            panic!("a transfer");
+        };
+        assert_eq!(queue.queue.as_deref(), Some("general"));
+        assert!(queue.unavailable.is_some());
+        assert_eq!(queue.line, 6);
+        let Action::Transfer(blind) = &route.actions[2] else {
+            panic!("a transfer");
+        };
+        assert_eq!(blind.refer_to.as_deref(), Some("sip:2000@192.0.2.40"));
+        plan.check_handoff(&handoff(HANDOFF)).unwrap();
+        // Not configured at all: every transfer is an error with its line.
+        let err = plan.check_handoff(&HandoffSection::default()).unwrap_err();
+        assert!(err.to_string().contains("main.toml:6:"), "{err}");
+        assert!(err.to_string().contains("defines none"), "{err}");
+    }
+
+    #[test]
+    fn unknown_queues_and_agents_name_the_line() {
+        let cases = [
+            (
+                "{ transfer = { queue = \"billing\" } }",
+                "queue \"billing\"",
+            ),
+            ("{ transfer = { agent = \"agent9\" } }", "agent \"agent9\""),
+        ];
+        for (action, needle) in cases {
+            let text = format!(
+                "[[route]]\nname = \"a\"\nactions = [{{ hangup = {{}} }}]\n[route.hours]\nopen = [\"mon 09:00-10:00\"]\nclosed_actions = [\n  {action},\n]\n"
+            );
+            let plan = load_str(&text).unwrap();
+            let err = plan.check_handoff(&handoff(HANDOFF)).unwrap_err();
+            match &err {
+                DialplanError::At { line, message, .. } => {
+                    assert_eq!(*line, 7, "{err}");
+                    assert!(message.contains(needle), "{err}");
+                    assert!(message.contains("config.toml"), "{err}");
+                }
+                other => panic!("expected a line, got {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_transfers_are_syntax_errors() {
+        let cases = [
+            (
+                "{ transfer = { agent = \"a\", uri = \"sip:1@192.0.2.1\" } }",
+                "not both",
+            ),
+            ("{ transfer = { uri = \"http://x\" } }", "not a sip: URI"),
+            (
+                "{ transfer = { uri = \"sip:1@192.0.2.1\", mode = \"bridged\" } }",
+                "[[handoff.agent]]",
+            ),
+            (
+                "{ transfer = { queue = \"general\", mode = \"blind\" } }",
+                "applies to a uri",
+            ),
+            ("{ transfer = { queue = \"\" } }", "empty"),
+            (
+                "{ transfer = { queue = \"general\", unavailable = \"missing.wav\" } }",
+                "missing.wav",
+            ),
+            (
+                "{ transfer = { queue = \"general\", priority = 1 } }",
+                "priority",
+            ),
+        ];
+        for (action, needle) in cases {
+            let text = format!("[[route]]\nname = \"a\"\nactions = [\n  {action},\n]\n");
+            let err = load_str(&text).unwrap_err();
+            match &err {
+                DialplanError::At { line, message, .. } => {
+                    assert_eq!(*line, 4, "{err}");
+                    assert!(message.contains(needle), "{err}");
+                }
+                other => panic!("expected a line, got {other}"),
+            }
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ async fn answer_and_run(
                 takeovers: &takeovers,
                 phase: &phase,
             }),
+            caller: Some(key),
         };
         let run = run_actions(&actions, &mut media, &mut log, &ctx);
         tokio::pin!(run);

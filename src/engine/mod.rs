@@ -53,6 +53,16 @@ pub fn load_dialplan(dir: &Path) -> Result<Dialplan, DialplanError> {
     })
 }
 
+/// Loads the dialplans and checks their `transfer` actions against the
+/// configured agents and queues: what `frontdoor dialplan check` and
+/// start-up run, so neither accepts a transfer to a queue that does not
+/// exist.
+pub fn load_dialplan_checked(dir: &Path, config: &Config) -> Result<Dialplan, DialplanError> {
+    let plan = load_dialplan(dir)?;
+    plan.check_handoff(&config.handoff)?;
+    Ok(plan)
+}
+
 struct Shared {
     settings: EngineSettings,
     sip: SipHandle,
@@ -74,7 +84,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let dialplan = load_dialplan(&config.dialplans.dir)?;
+    let dialplan = load_dialplan_checked(&config.dialplans.dir, &config)?;
     info!(routes = dialplan.routes.len(), dir = %config.dialplans.dir.display(), "dialplans loaded");
 
     let assistant = if dialplan.uses_assistant() {
@@ -368,6 +378,29 @@ async fn admit(
         shared.metrics.call_finished("rejected");
         info!(call_id = %id, sip_call_id = %invite.call_id, status, why, "call refused");
     };
+    // An agent's phone dialling a feature code changes the agent's state;
+    // the dialplan never sees it (a catch-all route would answer it).
+    if let Some(handoff) = &shared.handoff
+        && let Some(wanted) = handoff.feature_codes().state_for(&dialled)
+    {
+        match handoff.registered_agent_at(&caller, invite.source).await {
+            Some(agent) => {
+                let handoff = handoff.clone();
+                let store = shared.store.clone();
+                tokio::spawn(async move {
+                    handoff
+                        .answer_feature_code(key, invite, agent, wanted, store)
+                        .await;
+                });
+            }
+            None => refuse(
+                403,
+                "feature_code",
+                "feature codes are only for registered agent phones",
+            ),
+        }
+        return;
+    }
     // An agent leg that leads back to Frontdoor (a forwarding loop) must not
     // become a new call: our own transfers carry X-Frontdoor-Call-Id.
     let looped = invite

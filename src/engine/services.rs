@@ -56,6 +56,7 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
         GOODBYE_SILENT.into(),
         NOT_HEARD.into(),
         crate::call::TAKEOVER_LINE.into(),
+        crate::call::UNAVAILABLE_LINE.into(),
         governance.safety.no_agent_available.clone(),
         governance.safety.no_agent_available_routine.clone(),
     ];

@@ -25,6 +25,17 @@
 //! overflow = "general"                  # another queue; none: give up
 //! hold_music = "prompts/hold.wav"
 //! announce_every_secs = 30              # position in queue
+//!
+//! [[handoff.queue]]
+//! name = "council-pbx"
+//! members = ["out-of-hours"]
+//! transfer = "refer"                    # hand the call away by REFER; default "bridged"
+//! refer_to = "sip:2000@192.0.2.40"      # default: the first member with a uri
+//!
+//! [handoff.feature_codes]               # dialled from a registered agent's phone
+//! available = "*1"
+//! break = "*2"
+//! offline = "*3"
 //! ```
 
 use std::path::PathBuf;
@@ -54,6 +65,60 @@ pub struct HandoffSection {
     pub default_queue: Option<String>,
     pub agent: Vec<AgentSpec>,
     pub queue: Vec<QueueSpec>,
+    /// Numbers an agent's own phone dials to change the agent's state.
+    pub feature_codes: FeatureCodes,
+}
+
+/// Numbers a registered agent dials to change state without the
+/// dashboard. Frontdoor answers, plays a short confirmation and hangs up.
+/// An empty code is switched off.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeatureCodes {
+    pub available: String,
+    #[serde(rename = "break")]
+    pub on_break: String,
+    pub offline: String,
+}
+
+impl Default for FeatureCodes {
+    fn default() -> Self {
+        FeatureCodes {
+            available: "*1".into(),
+            on_break: "*2".into(),
+            offline: "*3".into(),
+        }
+    }
+}
+
+impl FeatureCodes {
+    /// The state a dialled number asks for, if it is a feature code.
+    pub fn state_for(&self, dialled: &str) -> Option<super::AgentState> {
+        let dialled = dialled.trim();
+        if dialled.is_empty() {
+            return None;
+        }
+        [
+            (&self.available, super::AgentState::Available),
+            (&self.on_break, super::AgentState::Break),
+            (&self.offline, super::AgentState::Offline),
+        ]
+        .into_iter()
+        .find(|(code, _)| !code.is_empty() && code.as_str() == dialled)
+        .map(|(_, state)| state)
+    }
+}
+
+/// How a queue hands its callers to people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// Frontdoor stays in the middle (B2BUA): recorded, supervised.
+    #[default]
+    Bridged,
+    /// Blind transfer by REFER to the queue's `refer_to`; bridged in this
+    /// queue when the far end refuses or the transfer fails.
+    Refer,
 }
 
 impl Default for HandoffSection {
@@ -71,6 +136,7 @@ impl Default for HandoffSection {
             default_queue: None,
             agent: Vec::new(),
             queue: Vec::new(),
+            feature_codes: FeatureCodes::default(),
         }
     }
 }
@@ -128,6 +194,12 @@ pub struct QueueSpec {
     pub hold_music: Option<PathBuf>,
     #[serde(default = "default_announce")]
     pub announce_every_secs: u64,
+    #[serde(default)]
+    pub transfer: TransferMode,
+    /// REFER target for `transfer = "refer"`; default: the first member
+    /// configured with a `uri`.
+    #[serde(default)]
+    pub refer_to: Option<String>,
 }
 
 fn default_ring_timeout() -> f64 {
@@ -145,6 +217,19 @@ impl QueueSpec {
 }
 
 impl HandoffSection {
+    /// Where a `transfer = "refer"` queue sends its callers: its
+    /// `refer_to`, else its first member with a fixed address.
+    pub fn refer_target(&self, queue: &QueueSpec) -> Option<String> {
+        queue.refer_to.clone().or_else(|| {
+            queue.members.iter().find_map(|member| {
+                self.agent
+                    .iter()
+                    .find(|a| a.id == *member)
+                    .and_then(|a| a.uri.clone())
+            })
+        })
+    }
+
     /// The configuration is consistent: every queue member is an agent,
     /// overflows name queues, agents have a password or an address.
     pub fn validate(&self) -> Result<(), String> {
@@ -195,6 +280,39 @@ impl HandoffSection {
                     "handoff.queue {:?}: overflow {overflow:?} is not a queue",
                     queue.name
                 ));
+            }
+            if let Some(target) = &queue.refer_to
+                && crate::sip::message::Uri::parse(target).map_or(true, |u| !u.is_sip())
+            {
+                return Err(format!(
+                    "handoff.queue {:?}: refer_to {target:?} is not a sip: URI",
+                    queue.name
+                ));
+            }
+            if queue.transfer == TransferMode::Refer && self.refer_target(queue).is_none() {
+                return Err(format!(
+                    "handoff.queue {:?}: transfer = \"refer\" needs refer_to or a member with a uri",
+                    queue.name
+                ));
+            }
+        }
+        let codes = &self.feature_codes;
+        let mut seen_codes = std::collections::HashSet::new();
+        for code in [&codes.available, &codes.on_break, &codes.offline] {
+            if code.is_empty() {
+                continue;
+            }
+            if code.len() > 16
+                || !code
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '*' || c == '#')
+            {
+                return Err(format!(
+                    "handoff.feature_codes: {code:?} must be up to 16 digits, * or #"
+                ));
+            }
+            if !seen_codes.insert(code.as_str()) {
+                return Err(format!("handoff.feature_codes: {code:?} is used twice"));
             }
         }
         if let Some(default) = &self.default_queue
@@ -283,6 +401,37 @@ max_wait_secs = 120
     }
 
     #[test]
+    fn refer_queues_and_feature_codes() {
+        let text = r#"
+[[agent]]
+id = "pbx"
+uri = "sip:2000@192.0.2.40:5060"
+[[queue]]
+name = "away"
+members = ["pbx"]
+transfer = "refer"
+[feature_codes]
+available = "*71"
+"#;
+        let section: HandoffSection = toml::from_str(text).unwrap();
+        section.validate().unwrap();
+        assert_eq!(section.queue[0].transfer, TransferMode::Refer);
+        assert_eq!(
+            section.refer_target(&section.queue[0]).as_deref(),
+            Some("sip:2000@192.0.2.40:5060")
+        );
+        let codes = &section.feature_codes;
+        assert_eq!(
+            codes.state_for("*71"),
+            Some(super::super::AgentState::Available)
+        );
+        assert_eq!(codes.state_for("*2"), Some(super::super::AgentState::Break));
+        assert_eq!(codes.state_for("*1"), None);
+        assert_eq!(codes.state_for(""), None);
+        assert_eq!(HandoffSection::default().queue.len(), 0);
+    }
+
+    #[test]
     fn rejects_inconsistent_sections() {
         let bad = [
             "[[queue]]\nname='q'\nmembers=['nobody']",
@@ -292,6 +441,10 @@ max_wait_secs = 120
             "digest_algorithms=['SHA-512']",
             "default_queue='missing'",
             "[[agent]]\nid='a'\npassword='p'\n[[queue]]\nname='q'\nmembers=['a']\noverflow='nope'",
+            "[[agent]]\nid='a'\npassword='p'\n[[queue]]\nname='q'\nmembers=['a']\ntransfer='refer'",
+            "[[queue]]\nname='q'\nmembers=[]\nrefer_to='mailto:x'",
+            "[feature_codes]\navailable='*1'\noffline='*1'",
+            "[feature_codes]\navailable='star-one'",
         ];
         for text in bad {
             let section: HandoffSection = toml::from_str(text).unwrap();

@@ -26,6 +26,9 @@ pub enum AgentState {
     OnCall,
     /// Just finished a call: writing notes, not yet offered another.
     WrapUp,
+    /// Registered but taking no calls, by the agent's or a supervisor's
+    /// choice (a break, training); only a person makes them available again.
+    Break,
 }
 
 impl AgentState {
@@ -36,6 +39,19 @@ impl AgentState {
             AgentState::Ringing => "ringing",
             AgentState::OnCall => "on_call",
             AgentState::WrapUp => "wrap_up",
+            AgentState::Break => "break",
+        }
+    }
+
+    /// A state a person may choose (dashboard, feature code); the others
+    /// follow calls and registrations.
+    pub fn parse_chosen(text: &str) -> Option<AgentState> {
+        match text {
+            "available" => Some(AgentState::Available),
+            "offline" => Some(AgentState::Offline),
+            "wrap_up" => Some(AgentState::WrapUp),
+            "break" => Some(AgentState::Break),
+            _ => None,
         }
     }
 }
@@ -86,6 +102,9 @@ struct Entry {
     since: DateTime<Utc>,
     /// Configured addresses (a PBX, a hunt group) need no registration.
     fixed_contact: bool,
+    /// A person signed the agent out (offline or break): the phone's
+    /// next registration refresh must not make them available again.
+    signed_out: bool,
 }
 
 /// The single-node directory: a mutex-guarded map, never held across an await.
@@ -114,6 +133,7 @@ impl InMemoryDirectory {
                 contact: fixed_contact,
                 since: Utc::now(),
                 fixed_contact: fixed,
+                signed_out: false,
             },
         );
     }
@@ -121,6 +141,24 @@ impl InMemoryDirectory {
     pub fn state(&self, agent: &str) -> Option<AgentState> {
         self.agents.lock().get(agent).map(|e| e.state)
     }
+}
+
+/// Moves an agent to `requested` on a person's or a call's behalf. Only
+/// people ask for offline or break, and that choice outlives registration
+/// refreshes; asking for available clears it (the agent goes offline
+/// instead while their phone is not registered).
+fn request(entry: &mut Entry, requested: AgentState) {
+    match requested {
+        AgentState::Offline | AgentState::Break => entry.signed_out = true,
+        AgentState::Available => entry.signed_out = false,
+        _ => {}
+    }
+    let to = if requested == AgentState::Available && entry.contact.is_none() {
+        AgentState::Offline
+    } else {
+        requested
+    };
+    set(entry, to);
 }
 
 fn set(entry: &mut Entry, state: AgentState) {
@@ -137,7 +175,7 @@ impl AgentDirectory for InMemoryDirectory {
             && !entry.fixed_contact
         {
             entry.contact = Some(contact);
-            if entry.state == AgentState::Offline {
+            if entry.state == AgentState::Offline && !entry.signed_out {
                 set(entry, AgentState::Available);
             }
         }
@@ -182,12 +220,7 @@ impl AgentDirectory for InMemoryDirectory {
         let mut agents = self.agents.lock();
         let moved = match agents.get_mut(agent) {
             Some(entry) if entry.state == from => {
-                let to = if to == AgentState::Available && entry.contact.is_none() {
-                    AgentState::Offline
-                } else {
-                    to
-                };
-                set(entry, to);
+                request(entry, to);
                 true
             }
             _ => false,
@@ -198,12 +231,7 @@ impl AgentDirectory for InMemoryDirectory {
     fn set_state<'a>(&'a self, agent: &'a str, to: AgentState) -> DirectoryFuture<'a, ()> {
         let mut agents = self.agents.lock();
         if let Some(entry) = agents.get_mut(agent) {
-            let to = if to == AgentState::Available && entry.contact.is_none() {
-                AgentState::Offline
-            } else {
-                to
-            };
-            set(entry, to);
+            request(entry, to);
         }
         Box::pin(std::future::ready(()))
     }
@@ -250,6 +278,36 @@ mod tests {
         let statuses = dir.statuses(&["a1".into(), "ghost".into()]).await;
         assert_eq!(statuses.len(), 1);
         assert!(statuses[0].contact.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_persons_sign_out_survives_registration_refreshes() {
+        let dir = InMemoryDirectory::new();
+        dir.add_agent("a1", None);
+        dir.registered("a1", contact()).await;
+        dir.set_state("a1", AgentState::Break).await;
+        dir.registered("a1", contact()).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Break));
+        assert!(
+            dir.transition("a1", AgentState::Break, AgentState::Offline)
+                .await
+        );
+        dir.registered("a1", contact()).await;
+        assert_eq!(
+            dir.state("a1"),
+            Some(AgentState::Offline),
+            "still signed out"
+        );
+        dir.set_state("a1", AgentState::Available).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Available));
+        // Signed back in without a phone: offline until it registers.
+        dir.unregistered("a1").await;
+        dir.set_state("a1", AgentState::Available).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Offline));
+        dir.registered("a1", contact()).await;
+        assert_eq!(dir.state("a1"), Some(AgentState::Available));
+        assert_eq!(AgentState::parse_chosen("break"), Some(AgentState::Break));
+        assert_eq!(AgentState::parse_chosen("on_call"), None);
     }
 
     #[tokio::test]

@@ -9,19 +9,22 @@
 //!   (Frontdoor stays in the middle as a B2BUA, recording both sides), or
 //!   hands the call away by REFER.
 //!
+//! - [`feature`]: feature codes agents dial to change their own state.
+//!
 //! The registrar (digest REGISTER) lives in [`crate::sip::auth`]; this
 //! module only consumes its events.
 
 pub mod config;
 pub mod directory;
+pub mod feature;
 pub mod queue;
 pub mod transfer;
 
-pub use config::{AgentSpec, HandoffSection, QueueSpec, RingStrategy};
+pub use config::{AgentSpec, FeatureCodes, HandoffSection, QueueSpec, RingStrategy, TransferMode};
 pub use directory::{
     AgentContact, AgentDirectory, AgentState, AgentStatus, DirectoryFuture, InMemoryDirectory,
 };
 pub use transfer::{
-    Announcer, Handoff, HandoffDeps, HandoffError, SpeechFuture, TransferOrder, TransferOutcome,
-    TransferRequest,
+    AgentStateError, Announcer, Handoff, HandoffDeps, HandoffError, SpeechFuture, TransferOrder,
+    TransferOutcome, TransferRequest,
 };

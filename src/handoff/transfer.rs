@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,20 +27,23 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::config::{HandoffSection, QueueSpec, RingStrategy};
+use super::config::{HandoffSection, QueueSpec, RingStrategy, TransferMode};
 use super::directory::{AgentContact, AgentDirectory, AgentState, InMemoryDirectory};
 use super::queue::{WaitingList, ring_order};
 use crate::answer::{Priority, TransferReason};
 use crate::call::CallMedia;
 use crate::call::assistant::CallLog;
+use crate::call::transcriber::{BridgeEars, BridgeTranscriber, Speaker};
 use crate::control::{CallPhase, PhaseHandle};
 use crate::events::CallEvent;
 use crate::media::{
-    self, CallRecorder, FRAME_SAMPLES, MediaCapabilities, MediaConfig, MediaEvent, MediaStream,
-    PortAllocator,
+    self, CallRecorder, FRAME_SAMPLES, MediaCapabilities, MediaConfig, MediaEvent, MediaHandle,
+    MediaStream, PortAllocator,
 };
+use crate::sip::SipCallError;
 use crate::sip::message::Uri;
 use crate::sip::peer::{Peer, Transport};
+use crate::sip::ua::UaError;
 use crate::sip::{
     CallKey, OutboundEvent, OutgoingInvite, ReferEvent, RegistrationEvent, SipHandle,
 };
@@ -53,6 +56,13 @@ pub type SpeechFuture<'a> = Pin<Box<dyn Future<Output = Option<Arc<[i16]>>> + Se
 pub trait Announcer: Send + Sync {
     /// 8 kHz mono audio of `text`, or `None` if it cannot be synthesised.
     fn speak<'a>(&'a self, text: &'a str) -> SpeechFuture<'a>;
+
+    /// Speech recognition for the bridged conversation's transcript, when
+    /// the speech services have it (the assistant's do); without it the
+    /// bridge is recorded but not transcribed.
+    fn transcriber(&self) -> Option<BridgeTranscriber> {
+        None
+    }
 }
 
 impl Announcer for crate::speech::TtsWorkerPool {
@@ -82,6 +92,19 @@ pub struct HandoffDeps {
     pub local_ip: IpAddr,
     /// Agent legs are recorded here as `<call id>-agent-<agent>.wav`.
     pub recordings_dir: Option<PathBuf>,
+}
+
+/// Why an agent's state was not changed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AgentStateError {
+    #[error("no such agent")]
+    UnknownAgent,
+    #[error("the agent is {}; change their state after the call", .0.as_str())]
+    OnCall(AgentState),
+    #[error("{} is set by calls, not chosen", .0.as_str())]
+    NotChoosable(AgentState),
+    #[error("the agent's state keeps changing; try again")]
+    Contended,
 }
 
 #[derive(Debug, Error)]
@@ -163,6 +186,8 @@ pub struct Handoff {
 /// How often a waiting caller re-checks agents even without a wake-up
 /// (another node's directory changes, a missed notification).
 const RECHECK: Duration = Duration::from_millis(500);
+/// Longest a REFER waits for the caller's ACK of our answer.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Longest a blind transfer may take before falling back.
 const REFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the summary read to the agent.
@@ -221,6 +246,10 @@ impl Handoff {
         });
         tokio::spawn(follow_registrations(Arc::downgrade(&inner), registrations));
         Ok(Handoff { inner })
+    }
+
+    pub(super) fn deps(&self) -> &HandoffDeps {
+        &self.inner.deps
     }
 
     pub fn directory(&self) -> &Arc<dyn AgentDirectory> {
@@ -304,6 +333,34 @@ impl Handoff {
                 .to_string(),
             )
             .await;
+        if order.agent.is_none()
+            && let Some(target) = self.refer_target(order, &queue_name)
+        {
+            match order.caller {
+                Some(caller) => match self.refer(caller, &target, log).await {
+                    Ok(()) => {
+                        track.finish(&TransferOutcome::Referred).await;
+                        return TransferOutcome::Referred;
+                    }
+                    Err(why) => {
+                        audit(
+                            log,
+                            "refer_failed",
+                            format!("{target}: {why}; falling back to bridged transfer"),
+                        )
+                        .await;
+                    }
+                },
+                None => {
+                    audit(
+                        log,
+                        "refer_failed",
+                        format!("{target}: the call cannot be referred; bridged instead"),
+                    )
+                    .await;
+                }
+            }
+        }
         if let Some(agent) = &order.agent {
             let outcome = self
                 .serve_direct(call, &request, agent, &queue_name, log, speech, &mut track)
@@ -366,37 +423,102 @@ impl Handoff {
         log: &CallLog<'_>,
         speech: Option<&dyn Announcer>,
     ) -> TransferOutcome {
-        let requested_at = Utc::now();
-        match self.refer(caller, target, log).await {
-            Ok(()) => {
-                let mut track = TransferTrack::new(log, &request, &TransferOrder::default());
-                if let Some(record) = &mut track.record {
-                    record.requested_at = requested_at;
-                }
-                track.finish(&TransferOutcome::Referred).await;
-                TransferOutcome::Referred
+        let order = TransferOrder {
+            caller: Some(caller),
+            refer_to: Some(target.to_owned()),
+            ..TransferOrder::default()
+        };
+        self.transfer_as(call, request, &order, log, speech).await
+    }
+
+    /// Sets an agent's state on a person's behalf (the dashboard, the
+    /// agent's feature code). Refused while the agent is ringing or on a
+    /// call: a claim in progress must not be overtaken. Returns the state
+    /// the agent is in now (`available` without a registered phone is
+    /// `offline`).
+    pub async fn set_agent_state(
+        &self,
+        agent: &str,
+        wanted: AgentState,
+    ) -> Result<AgentState, AgentStateError> {
+        if !matches!(
+            wanted,
+            AgentState::Available | AgentState::Offline | AgentState::WrapUp | AgentState::Break
+        ) {
+            return Err(AgentStateError::NotChoosable(wanted));
+        }
+        let directory = &self.inner.directory;
+        let target = [agent.to_owned()];
+        // Compare-and-set, retried when a call moved the agent meanwhile.
+        for _ in 0..3 {
+            let Some(current) = directory.statuses(&target).await.into_iter().next() else {
+                return Err(AgentStateError::UnknownAgent);
+            };
+            if matches!(current.state, AgentState::Ringing | AgentState::OnCall) {
+                return Err(AgentStateError::OnCall(current.state));
             }
-            Err(why) => {
-                audit(
-                    log,
-                    "refer_failed",
-                    format!("{target}: {why}; falling back to bridged transfer"),
-                )
-                .await;
-                self.transfer(call, request, log, speech).await
+            if directory.transition(agent, current.state, wanted).await {
+                let now = directory
+                    .statuses(&target)
+                    .await
+                    .into_iter()
+                    .next()
+                    .map_or(wanted, |s| s.state);
+                if now == AgentState::Available {
+                    self.inner.agent_freed.notify_waiters();
+                }
+                info!(agent, state = now.as_str(), "agent state set");
+                return Ok(now);
             }
         }
+        Err(AgentStateError::Contended)
+    }
+
+    /// The configured agent whose registered phone sent a request from
+    /// `source` as `user`: a feature code is trusted only from the address
+    /// the agent's phone registered from with its digest password (UDP: the
+    /// same address and port; TCP: the same host, as connections change).
+    pub async fn registered_agent_at(&self, user: &str, source: SocketAddr) -> Option<String> {
+        let spec = self
+            .inner
+            .section
+            .agent
+            .iter()
+            .find(|a| a.id == user && a.uri.is_none())?;
+        let status = self
+            .inner
+            .directory
+            .statuses(std::slice::from_ref(&spec.id))
+            .await
+            .into_iter()
+            .next()?;
+        let destination = status.contact?.destination;
+        let same = match destination.transport {
+            Transport::Udp => destination.addr == source,
+            Transport::Tcp => destination.addr.ip() == source.ip(),
+        };
+        same.then(|| spec.id.clone())
+    }
+
+    /// The feature codes agents dial (see [`super::config::FeatureCodes`]).
+    pub fn feature_codes(&self) -> &super::config::FeatureCodes {
+        &self.inner.section.feature_codes
     }
 
     async fn refer(&self, caller: CallKey, target: &str, log: &CallLog<'_>) -> Result<(), String> {
         let uri = Uri::parse(target).map_err(|e| format!("bad target: {e:?}"))?;
-        let mut events = self
-            .inner
-            .deps
-            .sip
-            .refer(caller, uri, None)
-            .await
-            .map_err(|e| e.to_string())?;
+        // A dialplan may transfer the moment the call is answered, before
+        // the caller's ACK confirms the dialog; REFER waits for it.
+        let confirmed_by = Instant::now() + ACK_WAIT;
+        let mut events = loop {
+            match self.inner.deps.sip.refer(caller, uri.clone(), None).await {
+                Ok(events) => break events,
+                Err(SipCallError::Ua(UaError::NotEstablished)) if Instant::now() < confirmed_by => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
         audit(log, "refer_sent", target.to_owned()).await;
         let deadline = tokio::time::sleep(REFER_TIMEOUT);
         tokio::pin!(deadline);
@@ -436,6 +558,17 @@ impl Handoff {
     /// Whether `agent` is a configured agent.
     pub fn has_agent(&self, agent: &str) -> bool {
         self.inner.section.agent.iter().any(|a| a.id == agent)
+    }
+
+    /// Where to REFER the caller first, if anywhere: the order's own
+    /// target, else the queue's when it is configured for REFER.
+    fn refer_target(&self, order: &TransferOrder, queue_name: &str) -> Option<String> {
+        order.refer_to.clone().or_else(|| {
+            let queue = self.inner.queues.get(queue_name)?;
+            (queue.spec.transfer == TransferMode::Refer)
+                .then(|| self.inner.section.refer_target(&queue.spec))
+                .flatten()
+        })
     }
 
     fn queue_for(&self, request: &TransferRequest) -> Option<String> {
@@ -677,15 +810,31 @@ impl Handoff {
                 continue;
             };
             match self.place_call(agent, &contact, request).await {
-                Ok((key, stream, events)) => {
+                Ok((key, stream, events, session_id)) => {
                     let index = guard.legs.len();
+                    let reoffers = LegReoffers {
+                        sip: self.inner.deps.sip.clone(),
+                        caps: self.inner.deps.caps.clone(),
+                        local_ip: self.inner.deps.local_ip,
+                        local_port: stream.local_rtp_port(),
+                        session_id,
+                        media: Arc::new(Mutex::new(None)),
+                        store: log.store.clone(),
+                        call_id: log.call_id.to_owned(),
+                    };
                     guard.legs.push(Leg {
                         agent: agent.clone(),
                         key,
                         stream: Some(stream),
                         live: true,
+                        media: reoffers.media.clone(),
                     });
-                    tokio::spawn(forward_leg_events(index, events, merged_tx.clone()));
+                    tokio::spawn(forward_leg_events(
+                        index,
+                        events,
+                        merged_tx.clone(),
+                        reoffers,
+                    ));
                     info!(agent = %agent, "ringing agent");
                 }
                 Err(why) => warn!(agent = %agent, %why, "cannot call agent"),
@@ -746,7 +895,16 @@ impl Handoff {
         directory.set_state(&agent, AgentState::OnCall).await;
         guard.on_call = Some(agent.clone());
         let recorder = self.agent_recorder(&request.call_id, &agent);
-        let (agent_handle, agent_events) = stream.start(negotiated, recorder);
+        let (agent_handle, agent_events) = stream.start(negotiated.clone(), recorder);
+        // From now on the agent's phone may re-INVITE (hold, resume).
+        *leg.media.lock() = Some(AgentLegMedia {
+            agent: agent_handle.clone(),
+            caller: call.handle.clone(),
+            current: negotiated,
+            hold_music: queue.hold.clone(),
+            playing_hold: false,
+            version: 1,
+        });
         let mut agent_media = CallMedia {
             handle: agent_handle,
             events: agent_events,
@@ -806,7 +964,10 @@ impl Handoff {
         )
         .await;
         let talk_started = Instant::now();
-        let ended = bridge(call, &mut agent_media, &mut merged, winner).await;
+        let ears = speech
+            .and_then(|s| s.transcriber())
+            .and_then(|t| t.start(log));
+        let ended = bridge(call, &mut agent_media, &mut merged, winner, ears).await;
         let _ = agent_media.handle.stop().await;
         let talk = talk_started.elapsed();
         match ended {
@@ -833,7 +994,7 @@ impl Handoff {
         agent: &str,
         contact: &AgentContact,
         request: &TransferRequest,
-    ) -> Result<(CallKey, MediaStream, mpsc::Receiver<OutboundEvent>), String> {
+    ) -> Result<(CallKey, MediaStream, mpsc::Receiver<OutboundEvent>, u64), String> {
         let deps = &self.inner.deps;
         let target =
             Uri::parse(&contact.uri).map_err(|e| format!("contact {}: {e:?}", contact.uri))?;
@@ -841,11 +1002,12 @@ impl Handoff {
         let stream = MediaStream::bind(deps.local_ip, lease, deps.media.clone())
             .await
             .map_err(|e| format!("cannot bind RTP: {e}"))?;
+        let session_id = rand::random::<u32>() as u64;
         let sdp = media::sdp::build_offer(
             &deps.caps,
             deps.local_ip,
             stream.local_rtp_port(),
-            rand::random::<u32>() as u64,
+            session_id,
             1,
         );
         let reason = request.reason.as_str().replace('_', " ");
@@ -874,7 +1036,7 @@ impl Handoff {
             .await
             .map_err(|e| e.to_string())?;
         info!(agent, uri = %contact.uri, "calling agent");
-        Ok((placed.call, stream, placed.events))
+        Ok((placed.call, stream, placed.events, session_id))
     }
 
     fn agent_recorder(&self, call_id: &str, agent: &str) -> Option<CallRecorder> {
@@ -909,6 +1071,12 @@ pub struct TransferOrder {
     /// The call's phase for supervisor commands: set to `Waiting` here and
     /// to `WithAgent` once the caller is bridged.
     pub phase: Option<PhaseHandle>,
+    /// The caller's SIP call, for blind transfers by REFER; `None` (e.g. a
+    /// WebRTC call) makes REFER queues bridge instead.
+    pub caller: Option<CallKey>,
+    /// Blind-transfer the caller here by REFER first (a dialplan's
+    /// `transfer = { uri = ... }`); bridged in the queue when refused.
+    pub refer_to: Option<String>,
 }
 
 /// The hand-off's record, written once when it ends: by [`Self::finish`]
@@ -1045,6 +1213,8 @@ struct Leg {
     stream: Option<MediaStream>,
     /// Still ringing or connected: must be hung up when we give up.
     live: bool,
+    /// The answered leg's media, for the phone's re-INVITEs.
+    media: Arc<Mutex<Option<AgentLegMedia>>>,
 }
 
 /// Cleans up an attempt however it ends: live legs are hung up (CANCEL
@@ -1073,6 +1243,9 @@ impl Drop for LegGuard {
             if leg.live {
                 self.inner.deps.sip.hangup(leg.key);
             }
+            // A late re-INVITE must not play hold music to a caller who
+            // has left the bridge.
+            leg.media.lock().take();
         }
         let inner = self.inner.clone();
         let claimed = std::mem::take(&mut self.claimed);
@@ -1105,15 +1278,125 @@ impl Drop for LegGuard {
     }
 }
 
+/// Forwards an agent leg's events to the attempt, answering the phone's
+/// re-INVITEs itself so that hold and resume work during the bridge.
 async fn forward_leg_events(
     index: usize,
     mut events: mpsc::Receiver<OutboundEvent>,
     merged: mpsc::Sender<(usize, OutboundEvent)>,
+    reoffers: LegReoffers,
 ) {
     while let Some(event) = events.recv().await {
+        if let OutboundEvent::ReOffer { call, sdp } = &event {
+            reoffers.answer(*call, sdp.as_deref());
+            continue;
+        }
         if merged.send((index, event)).await.is_err() {
             return;
         }
+    }
+}
+
+/// A connected agent leg's media, as re-INVITEs change it.
+struct AgentLegMedia {
+    agent: MediaHandle,
+    /// The caller's media: hears hold music while the agent's phone holds.
+    caller: MediaHandle,
+    current: media::Negotiated,
+    hold_music: Arc<[i16]>,
+    /// Frontdoor's hold music is queued for the caller now.
+    playing_hold: bool,
+    /// SDP `o=` version of our last answer.
+    version: u64,
+}
+
+/// Longest hold music queued at once for a caller the agent holds; the
+/// agent resuming (or the call ending) flushes it.
+const AGENT_HOLD_MUSIC: Duration = Duration::from_secs(30 * 60);
+
+/// What answering an agent phone's re-INVITE needs.
+struct LegReoffers {
+    sip: SipHandle,
+    caps: MediaCapabilities,
+    local_ip: IpAddr,
+    local_port: u16,
+    session_id: u64,
+    media: Arc<Mutex<Option<AgentLegMedia>>>,
+    /// Holds and resumes go into the call's record.
+    store: StoreHandle,
+    call_id: String,
+}
+
+impl LegReoffers {
+    /// Answers an agent phone's re-INVITE or UPDATE (RFC 3264 hold and
+    /// resume, a new address or codec). The caller hears the agent's own
+    /// hold audio when the phone sends some (`sendonly`), and Frontdoor's
+    /// hold music when it sends nothing (`inactive`); resuming stops it
+    /// and drops the caller audio queued for the agent meanwhile.
+    fn answer(&self, call: CallKey, offer: Option<&str>) {
+        let mut slot = self.media.lock();
+        let Some(leg) = slot.as_mut() else {
+            // Answered but not yet bridged (or already over): the phone
+            // retries a 491 after a moment.
+            self.sip.reject_reoffer(call, 491);
+            return;
+        };
+        let next = match offer {
+            // An offerless re-INVITE asks for our offer; the current
+            // session keeps the call as it is.
+            None => leg.current.clone(),
+            Some(offer) => match media::sdp::negotiate(offer, &self.caps) {
+                Ok(next) => next,
+                Err(e) => {
+                    warn!(error = %e, "agent's re-offer refused; the bridge goes on as before");
+                    self.sip.reject_reoffer(call, e.sip_status());
+                    return;
+                }
+            },
+        };
+        leg.version += 1;
+        self.sip.answer_reoffer(
+            call,
+            media::sdp::build_answer(
+                &next,
+                self.local_ip,
+                self.local_port,
+                self.session_id,
+                leg.version,
+            ),
+        );
+        let was_held = !leg.current.direction.sends();
+        let held = !next.direction.sends();
+        let phone_silent = !next.direction.receives();
+        leg.agent.update(next.clone());
+        if held != was_held {
+            let (kind, what) = if held {
+                ("agent_hold", "agent put the caller on hold")
+            } else {
+                ("agent_resume", "agent resumed the caller")
+            };
+            info!(direction = ?next.direction, "{what}");
+            let (store, call_id) = (self.store.clone(), self.call_id.clone());
+            let detail = format!("{:?}", next.direction);
+            // Called with the leg's lock held: the record is written aside.
+            tokio::spawn(async move { store.call_event(&call_id, kind, detail).await });
+        }
+        if was_held && !held {
+            leg.agent.flush();
+        }
+        if phone_silent && !leg.playing_hold && !leg.hold_music.is_empty() {
+            let repeats =
+                (AGENT_HOLD_MUSIC.as_millis() as usize * 8 / leg.hold_music.len()).clamp(1, 1000);
+            leg.caller.flush();
+            for _ in 0..repeats {
+                leg.caller.play(leg.hold_music.clone());
+            }
+            leg.playing_hold = true;
+        } else if !phone_silent && leg.playing_hold {
+            leg.caller.flush();
+            leg.playing_hold = false;
+        }
+        leg.current = next;
     }
 }
 
@@ -1122,19 +1405,31 @@ enum BridgeEnd {
     CallerGone,
 }
 
+/// How far back the echo reference of a bridged direction looks: the far
+/// phone's echo path plus jitter (as the assistant's echo gate).
+const BRIDGE_ECHO_TAIL: Duration = Duration::from_millis(1000);
+
 /// Passes audio and DTMF both ways until one side leaves. Each stream's
 /// recorder already writes what it receives and what it sends, so both legs
-/// are recorded with both voices.
+/// are recorded with both voices. With `ears`, each side's speech is also
+/// transcribed (dropping them at the end finishes the last utterances).
 async fn bridge(
     caller: &mut CallMedia,
     agent: &mut CallMedia,
     legs: &mut mpsc::Receiver<(usize, OutboundEvent)>,
     winner: usize,
+    mut ears: Option<BridgeEars>,
 ) -> BridgeEnd {
     loop {
         tokio::select! {
             event = caller.events.recv() => match event {
-                Some(MediaEvent::Audio(frame)) => agent.handle.play(frame_to_samples(&frame)),
+                Some(MediaEvent::Audio(frame)) => {
+                    agent.handle.play(frame_to_samples(&frame));
+                    if let Some(ears) = ears.as_mut() {
+                        let echo = caller.handle.recent_sent_peak(BRIDGE_ECHO_TAIL);
+                        ears.hear(Speaker::Caller, &frame, echo);
+                    }
+                }
                 Some(MediaEvent::Dtmf { digit, duration_ms }) => {
                     agent.handle.send_dtmf(digit, Duration::from_millis(duration_ms.into()));
                 }
@@ -1142,7 +1437,13 @@ async fn bridge(
                 Some(MediaEvent::Inactive { .. }) | None => return BridgeEnd::CallerGone,
             },
             event = agent.events.recv() => match event {
-                Some(MediaEvent::Audio(frame)) => caller.handle.play(frame_to_samples(&frame)),
+                Some(MediaEvent::Audio(frame)) => {
+                    caller.handle.play(frame_to_samples(&frame));
+                    if let Some(ears) = ears.as_mut() {
+                        let echo = agent.handle.recent_sent_peak(BRIDGE_ECHO_TAIL);
+                        ears.hear(Speaker::Agent, &frame, echo);
+                    }
+                }
                 Some(MediaEvent::Dtmf { .. }) | Some(MediaEvent::PlaybackFinished) => {}
                 // The agent's media died: treat it as the agent leaving.
                 Some(MediaEvent::Inactive { .. }) | None => return BridgeEnd::AgentHungUp,

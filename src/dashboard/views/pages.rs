@@ -171,14 +171,28 @@ fn queue_rows(out: &mut String, queues: &[QueueView]) {
     }
 }
 
+/// The states a person may set for an agent, `(value, label)`.
+const AGENT_STATE_CHOICES: [(&str, &str); 3] = [
+    ("available", "Available"),
+    ("break", "Break"),
+    ("offline", "Offline"),
+];
+
 fn agent_rows(out: &mut String, agents: &[AgentView]) {
     for a in agents {
         let _ = write!(
             out,
-            r#"<tr data-agent="{id}"><td data-field="id">{id}</td><td data-field="state"><span class="agent-state agent-{state}">{state}</span></td></tr>"#,
+            r#"<tr data-agent="{id}"><td data-field="id">{id}</td><td data-field="state"><span class="agent-state agent-{state}">{state}</span></td><td data-field="set-state">"#,
             id = escape(&a.id),
             state = escape(&a.state),
         );
+        for (value, label) in AGENT_STATE_CHOICES {
+            let _ = write!(
+                out,
+                r#"<button type="button" data-action="agent-state" data-state="{value}">{label}</button>"#
+            );
+        }
+        out.push_str("</td></tr>");
     }
 }
 
@@ -205,7 +219,7 @@ pub fn board_page(
     );
     queue_rows(&mut body, queues);
     body.push_str(
-        r#"</tbody></table></section><section><h2>Agents</h2><table data-testid="agents"><thead><tr><th>Agent</th><th>State</th></tr></thead><tbody>"#,
+        r#"</tbody></table></section><section><h2>Agents</h2><p class="status" data-testid="agent-status" aria-live="polite"></p><table data-testid="agents"><thead><tr><th>Agent</th><th>State</th><th>Set</th></tr></thead><tbody>"#,
     );
     agent_rows(&mut body, agents);
     body.push_str("</tbody></table></section></div>");
@@ -754,7 +768,7 @@ pub fn admin_page(viewer: &Viewer, admin: &AdminView) -> String {
             agent = opt(u.agent),
         );
     }
-    body.push_str(r#"</tbody></table></section><section><h2>Agents</h2><table data-testid="agents"><thead><tr><th>Agent</th><th>State</th></tr></thead><tbody>"#);
+    body.push_str(r#"</tbody></table></section><section><h2>Agents</h2><p class="status" data-testid="agent-status" aria-live="polite"></p><table data-testid="agents"><thead><tr><th>Agent</th><th>State</th><th>Set</th></tr></thead><tbody>"#);
     agent_rows(&mut body, admin.agents);
     body.push_str(r#"</tbody></table></section><section><h2>Queues</h2><table data-testid="queues"><thead><tr><th>Queue</th><th>Waiting</th><th>Members</th></tr></thead><tbody>"#);
     for (q, members) in admin.queues {

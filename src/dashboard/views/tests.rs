@@ -552,7 +552,7 @@ async fn a_stored_call_shows_its_record_serves_its_recording_and_is_audited() {
             .is_ok_and(|v| v.contains("script-src 'self'"))
     );
     let html = body_text(page).await;
-    assert!(html.contains(r#"<audio data-testid="recording" controls preload="metadata" src="/calls/call-1/recording">"#));
+    assert!(html.contains(r#"<audio data-testid="recording" controls preload="none" src="/calls/call-1/recording">"#));
     assert!(!html.contains("<script>alert(1)"));
 
     let full = get(&h.app, "/calls/call-1/recording", Some(&cookie)).await;
@@ -666,4 +666,56 @@ async fn the_event_stream_starts_with_a_board_snapshot_then_follows_calls() {
         next.starts_with("event: call\n") && next.contains(r#""type":"state""#),
         "{next}"
     );
+}
+
+#[tokio::test]
+async fn agent_state_changes_need_csrf_a_known_agent_and_a_choosable_state() {
+    let h = harness().await;
+    let (cookie, csrf) = login(&h.app, "sam", "sam-pass").await;
+    let url = "/api/agents/alice/state";
+    let available = r#"{"state":"available"}"#;
+    assert_eq!(
+        post_json(&h.app, url, &cookie, None, available)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_json(
+            &h.app,
+            "/api/agents/eve/state",
+            &cookie,
+            Some(&csrf),
+            available
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    for bad in [
+        r#"{"state":"on_call"}"#,
+        r#"{"state":"ringing"}"#,
+        r#"{"nope":1}"#,
+    ] {
+        assert_eq!(
+            post_json(&h.app, url, &cookie, Some(&csrf), bad)
+                .await
+                .status(),
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    // This harness runs without the hand-off service.
+    assert_eq!(
+        post_json(&h.app, url, &cookie, Some(&csrf), available)
+            .await
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let board = body_text(get(&h.app, "/", Some(&cookie)).await).await;
+    assert!(board.contains(
+        r#"<tr data-agent="alice"><td data-field="id">alice</td><td data-field="state">"#
+    ));
+    assert!(board.contains(r#"data-action="agent-state" data-state="break""#));
+    assert!(board.contains(r#"data-testid="agent-status""#));
 }

@@ -94,6 +94,7 @@
         tr = el("tr", { "data-agent": a.id });
         tr.appendChild(el("td", { "data-field": "id" }, a.id));
         tr.appendChild(el("td", { "data-field": "state" }));
+        tr.appendChild(window.frontdoor.agentStateCell());
         body.appendChild(tr);
       }
       tr.querySelector('[data-field="state"]').replaceChildren(

@@ -46,5 +46,39 @@ window.frontdoor = (function () {
     return { ok: res.ok, status: res.status, body };
   };
 
-  return { csrf, el, flagSpan, since, post };
+  // The state buttons of an agent's row (the server renders the same).
+  const AGENT_STATES = [["available", "Available"], ["break", "Break"], ["offline", "Offline"]];
+  const agentStateCell = () => {
+    const td = el("td", { "data-field": "set-state" });
+    for (const [value, label] of AGENT_STATES) {
+      td.appendChild(el("button", { type: "button", "data-action": "agent-state", "data-state": value }, label));
+    }
+    return td;
+  };
+
+  // One listener for every agents table, so rows added later work too.
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest ? ev.target.closest('button[data-action="agent-state"]') : null;
+    if (!button) return;
+    const row = button.closest("tr[data-agent]");
+    if (!row) return;
+    const agent = row.getAttribute("data-agent");
+    const wanted = button.getAttribute("data-state");
+    const status = document.querySelector('[data-testid="agent-status"]');
+    button.disabled = true;
+    try {
+      const res = await post(`/api/agents/${encodeURIComponent(agent)}/state`, { state: wanted });
+      if (res.ok) {
+        row.querySelector('[data-field="state"]').replaceChildren(
+          el("span", { class: `agent-state agent-${res.body.state}` }, res.body.state));
+      }
+      if (status) status.textContent = res.ok ? `${agent}: ${res.body.state}` : `${agent}: ${res.body.error || res.status}`;
+    } catch (_) {
+      if (status) status.textContent = `${agent}: not changed (connection problem)`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  return { csrf, el, flagSpan, since, post, agentStateCell };
 })();
