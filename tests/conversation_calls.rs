@@ -151,8 +151,14 @@ fn spoken_question_gets_the_right_spoken_answer() {
     }
     let _serial = one_call_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    // The greeting takes about 12 s; the caller waits for it, then asks.
-    let voice = caller_voice(dir.path(), "When is my bin collection day?", 15_000, 30_000);
+    // The greeting takes about 12 s; the caller waits for it, then asks,
+    // at some length so that partial transcripts show while they talk.
+    let voice = caller_voice(
+        dir.path(),
+        "Hello there, could you please tell me which day my bin collection is?",
+        15_000,
+        30_000,
+    );
     let mut engine = Engine::builder()
         .dialplans(&[("council.toml", ASSISTANT_DIALPLAN)])
         .start();
@@ -179,6 +185,21 @@ fn spoken_question_gets_the_right_spoken_answer() {
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("bin_day")),
         "no bin_day answer: {turns:#?}"
+    );
+
+    // Words showed live before the turn ended: the engine logs how many
+    // partial transcripts each caller turn had.
+    let log = engine.log();
+    let partials: u32 = log
+        .lines()
+        .filter(|l| l.contains("caller's turn ended"))
+        .filter_map(|l| l.split("partial_transcripts=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+        .sum();
+    eprintln!("partial transcripts while the caller spoke: {partials}");
+    assert!(
+        partials >= 1,
+        "no partial transcript while the caller spoke:\n{log}"
     );
 
     // What Frontdoor really sent: transcribe its channel after the question.

@@ -64,6 +64,22 @@ fn audit(engine: &Engine) -> Vec<(String, String, String)> {
         .expect("rows")
 }
 
+/// (speaker, text) of every stored turn, in order.
+fn turns(engine: &Engine) -> Vec<(String, String)> {
+    let db = rusqlite::Connection::open_with_flags(
+        engine.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open db");
+    let mut stmt = db
+        .prepare("SELECT speaker, text FROM turns ORDER BY rowid")
+        .expect("turns");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
 fn ts(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s)
         .expect("timestamp")
@@ -198,6 +214,31 @@ fn distressed_caller_reaches_a_registered_agent_with_audio_both_ways() {
     assert!(
         c_caller > 0.6,
         "caller did not hear the agent ({c_caller:.2})"
+    );
+
+    // Both sides of the bridged conversation are transcribed: the agent's
+    // words, and the caller's later speech (the assistant had left by then).
+    // The last utterances may still be in recognition when the call ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bridged_turns = loop {
+        let turns = turns(&engine);
+        let agent_spoke = turns
+            .iter()
+            .any(|(who, text)| who == "agent" && text.to_lowercase().contains("council"));
+        let caller_spoke = turns.iter().any(|(who, text)| {
+            let text = text.to_lowercase();
+            who == "caller" && (text.contains("young") || text.contains("disposed"))
+        });
+        if (agent_spoke && caller_spoke) || Instant::now() > deadline {
+            break (agent_spoke, caller_spoke, turns);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        bridged_turns.0 && bridged_turns.1,
+        "bridged conversation not transcribed for both speakers: {:#?}\n{}",
+        bridged_turns.2,
+        engine.log()
     );
     engine.stop();
 }

@@ -23,8 +23,8 @@ use std::path::Path;
 
 pub use audio::{WHISPER_SAMPLE_RATE, resample_8k_to_16k};
 pub use pool::{
-    AsrMetrics, AsrMetricsSnapshot, AsrPool, AsrPoolConfig, JobDoneHook, JobOutcome, JobReport,
-    Utterance,
+    AsrMetrics, AsrMetricsSnapshot, AsrPool, AsrPoolConfig, JobClass, JobDoneHook, JobOutcome,
+    JobReport, Utterance,
 };
 pub use whisper::{AsrConfig, AsrModel, TranscribeOptions, Transcriber, Transcript};
 pub use window::{GuardTrip, WindowPolicy, WindowUsed};
@@ -53,6 +53,8 @@ pub enum AsrError {
     Busy,
     #[error("transcription cancelled")]
     Cancelled,
+    #[error("transcription dropped: newer record-only audio filled the backlog")]
+    Dropped,
     #[error("speech recognition pool has shut down")]
     ShutDown,
     #[error("cannot read WAV file {path}: {reason}")]

@@ -1,20 +1,29 @@
-//! Whisper on dedicated worker threads behind a bounded queue.
+//! Whisper on dedicated worker threads behind bounded, prioritised queues.
 //!
 //! ggml inference is seconds of pure CPU; on a tokio worker it would stall
 //! every call's RTP pacing. Each worker here is an OS thread that owns one
 //! [`Transcriber`] and runs whisper.cpp with one thread, and there is one
-//! worker per core. The queue is bounded: when it is full, [`AsrPool::submit`]
-//! answers [`AsrError::Busy`] at once, so the call pipeline can play a
-//! holding phrase instead of letting latency pile up for everyone.
+//! worker per core. The turn queue is bounded: when it is full,
+//! [`AsrPool::submit`] answers [`AsrError::Busy`] at once, so the call
+//! pipeline can play a holding phrase instead of letting latency pile up for
+//! everyone.
+//!
+//! Not every transcript has someone waiting on it. A caller's turn with the
+//! assistant does; the record of a bridged call does not, and a live partial
+//! transcript is worth having only if it costs nothing. So jobs have a
+//! [`JobClass`]: turns first, then record-only jobs from a backlog that drops
+//! its oldest rather than grow, and partials only on an idle worker, given
+//! up (cancelled mid-decode) the moment other work needs that worker.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use super::audio::resample_8k_to_16k;
 use super::whisper::{AsrModel, TranscribeOptions, Transcriber, Transcript};
@@ -114,6 +123,7 @@ pub struct AsrMetrics {
     in_progress: AtomicUsize,
     submitted: AtomicU64,
     rejected_busy: AtomicU64,
+    background_dropped: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU64,
     failed: AtomicU64,
@@ -132,6 +142,8 @@ pub struct AsrMetricsSnapshot {
     pub in_progress: usize,
     pub submitted: u64,
     pub rejected_busy: u64,
+    /// Background jobs pushed out of a full backlog by newer ones.
+    pub background_dropped: u64,
     pub completed: u64,
     pub cancelled: u64,
     pub failed: u64,
@@ -150,6 +162,7 @@ impl AsrMetrics {
             in_progress: self.in_progress.load(Ordering::Relaxed),
             submitted: self.submitted.load(Ordering::Relaxed),
             rejected_busy: self.rejected_busy.load(Ordering::Relaxed),
+            background_dropped: self.background_dropped.load(Ordering::Relaxed),
             completed: self.completed.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
@@ -161,9 +174,26 @@ impl AsrMetrics {
     }
 }
 
+/// How a job ranks against the others waiting for a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobClass {
+    /// A caller's turn with the assistant: someone is waiting for the answer.
+    /// Served first; refused with [`AsrError::Busy`] when its queue is full.
+    Turn,
+    /// A record-only transcript (a bridged call between a caller and an
+    /// agent): served when no turn waits, from a bounded backlog that drops
+    /// its oldest job ([`AsrError::Dropped`]) rather than grow.
+    Background,
+    /// A live partial transcript: accepted only when a worker is idle with
+    /// nothing waiting, and cancelled as soon as other work needs the worker,
+    /// so partials never delay a final transcript.
+    Partial,
+}
+
 struct Job {
     audio: Utterance,
     window: Option<WindowPolicy>,
+    class: JobClass,
     cancel: Arc<AtomicBool>,
     submitted_at: Instant,
     reply: oneshot::Sender<Result<Transcript, AsrError>>,
@@ -180,9 +210,98 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// A fixed set of Whisper workers behind a bounded queue.
+/// Background jobs waiting per worker before the oldest is dropped: a
+/// bridged call produces an utterance every few seconds per side, so this
+/// rides out a burst of assistant turns without holding stale audio for long.
+const BACKGROUND_BACKLOG_PER_WORKER: usize = 4;
+
+/// The jobs waiting, by class, and what the workers are doing.
+struct Queues {
+    turns: VecDeque<Job>,
+    background: VecDeque<Job>,
+    partials: VecDeque<Job>,
+    turn_capacity: usize,
+    background_capacity: usize,
+    /// Workers blocked waiting for a job.
+    idle_workers: usize,
+    /// Cancel flags of the partial jobs being decoded, to preempt them.
+    /// Bounded by the number of workers.
+    running_partials: Vec<Arc<AtomicBool>>,
+    closed: bool,
+}
+
+impl Queues {
+    /// Queues `job` by its class, or refuses it; a background job can push
+    /// the oldest one out, which is returned to be answered.
+    fn admit(&mut self, job: Job) -> Result<Option<Job>, AsrError> {
+        if self.closed {
+            return Err(AsrError::ShutDown);
+        }
+        let mut pushed_out = None;
+        match job.class {
+            JobClass::Turn => {
+                // Idle workers take a job at once, so they add to the
+                // capacity: with a capacity of 0, a turn is accepted only
+                // when a worker is free for it.
+                if self.turns.len() >= self.turn_capacity + self.idle_workers {
+                    return Err(AsrError::Busy);
+                }
+                self.preempt_a_partial();
+                self.turns.push_back(job);
+            }
+            JobClass::Background => {
+                if self.background.len() >= self.background_capacity {
+                    pushed_out = self.background.pop_front();
+                }
+                self.preempt_a_partial();
+                self.background.push_back(job);
+            }
+            JobClass::Partial => {
+                if !self.worker_free() {
+                    return Err(AsrError::Busy);
+                }
+                self.partials.push_back(job);
+            }
+        }
+        Ok(pushed_out)
+    }
+
+    fn next_job(&mut self) -> Option<Job> {
+        self.turns
+            .pop_front()
+            .or_else(|| self.background.pop_front())
+            .or_else(|| self.partials.pop_front())
+    }
+
+    /// Whether a job submitted now would be picked up at once.
+    fn worker_free(&self) -> bool {
+        self.idle_workers > self.turns.len() + self.background.len() + self.partials.len()
+    }
+
+    /// A turn or background job needs a worker none is free for: the
+    /// oldest partial being decoded gives its worker up.
+    fn preempt_a_partial(&mut self) {
+        if self.idle_workers > self.turns.len() + self.background.len() {
+            return;
+        }
+        if let Some(cancel) = self
+            .running_partials
+            .iter()
+            .find(|c| !c.load(Ordering::Relaxed))
+        {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    job_ready: Condvar,
+}
+
+/// A fixed set of Whisper workers behind bounded, prioritised queues.
 pub struct AsrPool {
-    jobs: Option<SyncSender<Job>>,
+    shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     metrics: Arc<AsrMetrics>,
 }
@@ -199,37 +318,45 @@ impl AsrPool {
         let transcribers = (0..config.workers)
             .map(|_| model.transcriber())
             .collect::<Result<Vec<_>, _>>()?;
-        // With a capacity of 0 the channel is a rendezvous: a job is taken
-        // only when a worker is idle, otherwise the submit is Busy.
-        let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue_capacity);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let background_capacity = BACKGROUND_BACKLOG_PER_WORKER * config.workers;
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues {
+                turns: VecDeque::with_capacity(config.queue_capacity),
+                background: VecDeque::with_capacity(background_capacity),
+                partials: VecDeque::with_capacity(config.workers),
+                turn_capacity: config.queue_capacity,
+                background_capacity,
+                idle_workers: 0,
+                running_partials: Vec::with_capacity(config.workers),
+                closed: false,
+            }),
+            job_ready: Condvar::new(),
+        });
         let metrics = Arc::new(AsrMetrics::default());
         let mut workers = Vec::with_capacity(config.workers);
         for (index, transcriber) in transcribers.into_iter().enumerate() {
-            let receiver = Arc::clone(&receiver);
+            let shared = Arc::clone(&shared);
             let metrics = Arc::clone(&metrics);
             let on_job_done = config.on_job_done.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("asr-worker-{index}"))
-                .spawn(move || {
-                    worker_loop(transcriber, &receiver, &metrics, on_job_done.as_deref())
-                })
+                .spawn(move || worker_loop(transcriber, &shared, &metrics, on_job_done.as_deref()))
                 .map_err(|e| AsrError::Config(format!("cannot start ASR worker thread: {e}")))?;
             workers.push(handle);
         }
         Ok(AsrPool {
-            jobs: Some(sender),
+            shared,
             workers,
             metrics,
         })
     }
 
-    /// Transcribes one utterance on a worker.
+    /// Transcribes one utterance of a caller's turn on a worker.
     ///
     /// Returns [`AsrError::Busy`] immediately when the queue is full. Dropping
     /// the returned future (hang-up, timeout) cancels the job.
     pub async fn submit(&self, audio: Utterance) -> Result<Transcript, AsrError> {
-        self.submit_with(audio, None).await
+        self.submit_as(JobClass::Turn, audio, None).await
     }
 
     /// [`submit`](Self::submit) with a window policy other than the model's.
@@ -238,36 +365,92 @@ impl AsrPool {
         audio: Utterance,
         window: Option<WindowPolicy>,
     ) -> Result<Transcript, AsrError> {
-        let jobs = self.jobs.as_ref().ok_or(AsrError::ShutDown)?;
+        self.submit_as(JobClass::Turn, audio, window).await
+    }
+
+    /// Transcribes at lower priority than turns, for the record only; see
+    /// [`JobClass::Background`]. [`AsrError::Dropped`] when newer jobs
+    /// pushed this one out of the backlog.
+    pub async fn submit_background(&self, audio: Utterance) -> Result<Transcript, AsrError> {
+        self.submit_as(JobClass::Background, audio, None).await
+    }
+
+    /// A live partial transcript, only if a worker is idle now
+    /// ([`AsrError::Busy`] at once otherwise); [`AsrError::Cancelled`] when
+    /// other work took the worker back. See [`JobClass::Partial`].
+    pub async fn submit_partial(&self, audio: Utterance) -> Result<Transcript, AsrError> {
+        self.submit_as(JobClass::Partial, audio, None).await
+    }
+
+    /// Whether a job submitted now would start at once.
+    pub fn has_idle_worker(&self) -> bool {
+        self.shared.queues.lock().worker_free()
+    }
+
+    /// Submits a job of `class`; the future's drop cancels it.
+    pub async fn submit_as(
+        &self,
+        class: JobClass,
+        audio: Utterance,
+        window: Option<WindowPolicy>,
+    ) -> Result<Transcript, AsrError> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (reply, response) = oneshot::channel();
         let job = Job {
             audio,
             window,
+            class,
             cancel: Arc::clone(&cancel),
             submitted_at: Instant::now(),
             reply,
         };
-        // Counted before the send so a fast worker never decrements first.
-        self.metrics.queued.fetch_add(1, Ordering::Relaxed);
-        let queue_slot = crate::metrics::pipeline().asr.queue_slot();
-        if let Err(refused) = jobs.try_send(job) {
-            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            drop(queue_slot);
-            return Err(match refused {
-                TrySendError::Full(_) => {
-                    self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
-                    AsrError::Busy
-                }
-                TrySendError::Disconnected(_) => AsrError::ShutDown,
-            });
-        }
-        queue_slot.handed_over();
-        self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
-        // No await between the send and here, so a dropped future always
+        self.enqueue(job)?;
+        // No await between the enqueue and here, so a dropped future always
         // leaves this guard behind to cancel the job.
         let _cancel_on_drop = CancelOnDrop(cancel);
         response.await.unwrap_or(Err(AsrError::ShutDown))
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), AsrError> {
+        let exported = &crate::metrics::pipeline().asr;
+        let dropped = {
+            let mut queues = self.shared.queues.lock();
+            let pushed_out = match queues.admit(job) {
+                Ok(pushed_out) => pushed_out,
+                Err(refused) => {
+                    if matches!(refused, AsrError::Busy) {
+                        self.metrics.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(refused);
+                }
+            };
+            // Counted under the lock, so the worker that takes the job never
+            // decrements first.
+            self.metrics.queued.fetch_add(1, Ordering::Relaxed);
+            self.metrics.submitted.fetch_add(1, Ordering::Relaxed);
+            exported.queue_slot().handed_over();
+            pushed_out
+        };
+        self.shared.job_ready.notify_one();
+        if let Some(old) = dropped {
+            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            exported.queued.dec();
+            let total = self
+                .metrics
+                .background_dropped
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if total.is_power_of_two() {
+                warn!(
+                    dropped_total = total,
+                    audio_seconds = old.audio.seconds(),
+                    "ASR backlog full: the oldest record-only transcription was dropped"
+                );
+            }
+            // The submitter may have gone; nothing to do then.
+            let _ = old.reply.send(Err(AsrError::Dropped));
+        }
+        Ok(())
     }
 
     pub fn metrics(&self) -> &Arc<AsrMetrics> {
@@ -281,12 +464,17 @@ impl AsrPool {
     /// Stops taking jobs, lets queued ones finish, and waits for the workers.
     /// Blocking: call from `spawn_blocking` or at the end of `main`.
     pub fn shutdown(mut self) {
-        self.jobs = None;
+        self.close();
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!("an ASR worker thread panicked");
             }
         }
+    }
+
+    fn close(&self) {
+        self.shared.queues.lock().closed = true;
+        self.shared.job_ready.notify_all();
     }
 }
 
@@ -294,25 +482,38 @@ impl Drop for AsrPool {
     fn drop(&mut self) {
         // Closing the queue ends the workers once it drains; they are not
         // joined here so that dropping the pool never blocks the runtime.
-        self.jobs = None;
+        self.close();
+    }
+}
+
+/// The next job for a worker, or `None` once the pool is closed and drained.
+fn take_job(shared: &Shared) -> Option<Job> {
+    let mut queues = shared.queues.lock();
+    loop {
+        if let Some(job) = queues.next_job() {
+            if job.class == JobClass::Partial {
+                queues.running_partials.push(Arc::clone(&job.cancel));
+            }
+            return Some(job);
+        }
+        if queues.closed {
+            return None;
+        }
+        queues.idle_workers += 1;
+        shared.job_ready.wait(&mut queues);
+        queues.idle_workers -= 1;
     }
 }
 
 fn worker_loop(
     mut transcriber: Transcriber,
-    receiver: &Mutex<Receiver<Job>>,
+    shared: &Shared,
     metrics: &AsrMetrics,
     on_job_done: Option<&(dyn Fn(&JobReport) + Send + Sync)>,
 ) {
     let exported = &crate::metrics::pipeline().asr;
     let _alive = exported.worker_started();
-    loop {
-        // The lock is held only while waiting for the next job; the other
-        // workers wait on the lock instead of the channel, which is the same.
-        let job = match receiver.lock().recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
+    while let Some(job) = take_job(shared) {
         metrics.queued.fetch_sub(1, Ordering::Relaxed);
         exported.queued.dec();
         let picked_up = Instant::now();
@@ -335,6 +536,13 @@ fn worker_loop(
             drop(busy);
             result
         };
+        if job.class == JobClass::Partial {
+            shared
+                .queues
+                .lock()
+                .running_partials
+                .retain(|c| !Arc::ptr_eq(c, &job.cancel));
+        }
         let processing = picked_up.elapsed();
 
         let outcome = match &result {
@@ -387,4 +595,212 @@ fn worker_loop(
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(turn_capacity: usize, background_capacity: usize, idle_workers: usize) -> Queues {
+        Queues {
+            turns: VecDeque::new(),
+            background: VecDeque::new(),
+            partials: VecDeque::new(),
+            turn_capacity,
+            background_capacity,
+            idle_workers,
+            running_partials: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn job(
+        class: JobClass,
+        seconds: usize,
+    ) -> (Job, oneshot::Receiver<Result<Transcript, AsrError>>) {
+        let (reply, response) = oneshot::channel();
+        let job = Job {
+            audio: Utterance::Telephony8k(vec![0.0; seconds * 8_000]),
+            window: None,
+            class,
+            cancel: Arc::new(AtomicBool::new(false)),
+            submitted_at: Instant::now(),
+            reply,
+        };
+        (job, response)
+    }
+
+    /// A worker took the next job; partials are tracked as running.
+    fn pick(q: &mut Queues) -> Option<Job> {
+        let job = q.next_job()?;
+        if job.class == JobClass::Partial {
+            q.running_partials.push(Arc::clone(&job.cancel));
+        }
+        q.idle_workers = q.idle_workers.saturating_sub(1);
+        Some(job)
+    }
+
+    /// With the one worker decoding a partial, a turn takes the worker
+    /// back: the partial is cancelled mid-decode and the turn transcribed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_takes_the_worker_back_from_a_partial() {
+        let models = crate::config::Config::default().model_set();
+        if !models.whisper_ggml.exists() {
+            assert!(std::env::var_os("CI").is_none(), "Whisper missing under CI");
+            eprintln!("*** SKIPPED: run `frontdoor models fetch` ***");
+            return;
+        }
+        let model = AsrModel::load(&models.whisper_ggml, Default::default()).expect("Whisper");
+        let pool = Arc::new(
+            AsrPool::start(
+                &model,
+                AsrPoolConfig {
+                    workers: 1,
+                    queue_capacity: 2,
+                    on_job_done: None,
+                },
+            )
+            .expect("pool"),
+        );
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech_8k.wav");
+        let speech = super::super::audio::read_wav_16k_mono(&path).expect("fixture");
+        // Long enough that the partial is still decoding when the turn comes.
+        let mut long = Vec::new();
+        for _ in 0..8 {
+            long.extend_from_slice(&speech);
+        }
+        let partial = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.submit_as(
+                    JobClass::Partial,
+                    Utterance::Wideband16k(long),
+                    Some(WindowPolicy::Full),
+                )
+                .await
+            })
+        };
+        let started = Instant::now();
+        while pool.metrics().snapshot().in_progress == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the partial never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!pool.has_idle_worker());
+        assert!(
+            matches!(
+                pool.submit_partial(Utterance::Wideband16k(speech.clone()))
+                    .await,
+                Err(AsrError::Busy)
+            ),
+            "a second partial is refused at once"
+        );
+        let turn = pool
+            .submit(Utterance::Wideband16k(speech))
+            .await
+            .expect("the turn is transcribed");
+        assert!(
+            turn.text.to_lowercase().contains("young"),
+            "{:?}",
+            turn.text
+        );
+        assert!(matches!(
+            partial.await.expect("task"),
+            Err(AsrError::Cancelled)
+        ));
+        assert_eq!(pool.metrics().snapshot().cancelled, 1);
+    }
+
+    #[test]
+    fn turns_are_served_before_background_and_partials() {
+        let mut q = queues(4, 4, 0);
+        // No worker idle: a partial is refused at once, never queued.
+        assert!(matches!(
+            q.admit(job(JobClass::Partial, 1).0),
+            Err(AsrError::Busy)
+        ));
+        assert!(q.admit(job(JobClass::Background, 1).0).unwrap().is_none());
+        assert!(q.admit(job(JobClass::Turn, 2).0).unwrap().is_none());
+        assert_eq!(pick(&mut q).map(|j| j.class), Some(JobClass::Turn));
+        assert_eq!(pick(&mut q).map(|j| j.class), Some(JobClass::Background));
+        assert!(pick(&mut q).is_none());
+    }
+
+    #[test]
+    fn a_partial_is_accepted_only_when_a_worker_is_free_for_it() {
+        let mut q = queues(4, 4, 1);
+        assert!(q.worker_free());
+        assert!(q.admit(job(JobClass::Partial, 1).0).is_ok());
+        // The idle worker is spoken for by the queued partial.
+        assert!(!q.worker_free());
+        assert!(matches!(
+            q.admit(job(JobClass::Partial, 1).0),
+            Err(AsrError::Busy)
+        ));
+    }
+
+    #[test]
+    fn a_turn_cancels_a_running_partial_when_no_worker_is_free() {
+        let mut q = queues(4, 4, 1);
+        q.admit(job(JobClass::Partial, 1).0).unwrap();
+        let partial = pick(&mut q).expect("the idle worker takes the partial");
+        assert!(!partial.cancel.load(Ordering::Relaxed));
+        q.admit(job(JobClass::Turn, 2).0).unwrap();
+        assert!(
+            partial.cancel.load(Ordering::Relaxed),
+            "the partial gives its worker up"
+        );
+    }
+
+    #[test]
+    fn a_turn_leaves_a_partial_alone_when_another_worker_is_idle() {
+        let mut q = queues(4, 4, 2);
+        q.admit(job(JobClass::Partial, 1).0).unwrap();
+        let partial = pick(&mut q).expect("taken");
+        q.admit(job(JobClass::Turn, 2).0).unwrap();
+        assert!(!partial.cancel.load(Ordering::Relaxed));
+        // A second turn finds no idle worker left: now the partial yields.
+        q.admit(job(JobClass::Turn, 2).0).unwrap();
+        assert!(partial.cancel.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_full_background_backlog_drops_its_oldest_job() {
+        let mut q = queues(4, 2, 0);
+        let (first, mut first_reply) = job(JobClass::Background, 1);
+        q.admit(first).unwrap();
+        q.admit(job(JobClass::Background, 2).0).unwrap();
+        let pushed_out = q
+            .admit(job(JobClass::Background, 3).0)
+            .unwrap()
+            .expect("oldest out");
+        assert_eq!(pushed_out.audio.seconds(), 1.0);
+        assert_eq!(q.background.len(), 2);
+        assert_eq!(q.background.front().map(|j| j.audio.seconds()), Some(2.0));
+        drop(pushed_out);
+        assert!(
+            first_reply.try_recv().is_err(),
+            "answered by the pool, not here"
+        );
+    }
+
+    #[test]
+    fn turns_are_refused_beyond_capacity_plus_idle_workers() {
+        let mut q = queues(0, 2, 1);
+        assert!(q.admit(job(JobClass::Turn, 1).0).is_ok());
+        assert!(matches!(
+            q.admit(job(JobClass::Turn, 1).0),
+            Err(AsrError::Busy)
+        ));
+        // Background work is never refused: it waits or pushes out older work.
+        assert!(q.admit(job(JobClass::Background, 1).0).is_ok());
+        q.closed = true;
+        assert!(matches!(
+            q.admit(job(JobClass::Background, 1).0),
+            Err(AsrError::ShutDown)
+        ));
+    }
 }

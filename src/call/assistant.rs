@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::listener::{Listener, ListenerEvent};
+use super::listener::{Listener, ListenerEvent, PartialPolicy};
 use super::{ActionsOutcome, CallMedia};
 use crate::answer::{Action, AnswerEngine, Conversation, Escalation};
 use crate::asr::{AsrError, AsrPool, Utterance};
@@ -47,6 +47,21 @@ pub struct AssistantServices {
     pub tts: TtsWorkerPool,
     pub prompts: PromptCache,
     pub vad: Arc<SileroVadModel>,
+}
+
+/// The hand-off speaks its announcements with the assistant's voice and
+/// transcribes bridged calls with its recognisers.
+impl crate::handoff::Announcer for AssistantServices {
+    fn speak<'a>(&'a self, text: &'a str) -> crate::handoff::SpeechFuture<'a> {
+        crate::handoff::Announcer::speak(&self.tts, text)
+    }
+
+    fn transcriber(&self) -> Option<super::transcriber::BridgeTranscriber> {
+        Some(super::transcriber::BridgeTranscriber::new(
+            self.asr.clone(),
+            self.vad.clone(),
+        ))
+    }
 }
 
 /// Per-route conversation settings.
@@ -101,7 +116,28 @@ impl CallLog<'_> {
         self.redactor.redact(text)
     }
 
-    async fn turn(&self, speaker: &str, text: &str, detail: Option<(&crate::answer::Turn, &str)>) {
+    /// A live, provisional transcript of what `speaker` is saying: shown on
+    /// the dashboard until the final one replaces it, never stored.
+    pub fn partial(&self, speaker: &str, text: &str) {
+        let text = self.redactor.redact(text);
+        debug!(speaker, text = &*text, "partial transcript");
+        self.events.publish(CallEvent::Transcript {
+            call_id: self.call_id.to_string(),
+            speaker: speaker.to_string(),
+            text: text.into_owned(),
+            is_final: false,
+            at: Utc::now(),
+        });
+    }
+
+    /// A final transcript of what `speaker` said: stored as a turn and
+    /// published live, redacted; `detail` adds the assistant's decision.
+    pub async fn turn(
+        &self,
+        speaker: &str,
+        text: &str,
+        detail: Option<(&crate::answer::Turn, &str)>,
+    ) {
         let text = &*self.redactor.redact(text);
         let redacted_reason = detail.map(|(_, r)| self.redactor.redact(r).into_owned());
         let detail = detail.map(|(t, _)| (t, redacted_reason.as_deref().unwrap_or_default()));
@@ -230,6 +266,9 @@ enum Speculated {
     Done(String),
 }
 
+/// Continuous speech between two partial transcripts of a long turn.
+const PARTIAL_EVERY: Duration = Duration::from_millis(1500);
+
 /// Longest Frontdoor stays held without a decision.
 const MAX_HOLD: Duration = Duration::from_secs(3);
 /// How far back the echo reference looks: the echo path (the caller's phone,
@@ -290,11 +329,17 @@ pub async fn run_assistant(
     media: &mut CallMedia,
     log: &CallLog<'_>,
 ) -> ActionsOutcome {
-    let listener = match Listener::spawn(
+    let asr = services.asr.clone();
+    let partials = PartialPolicy {
+        every: PARTIAL_EVERY,
+        worker_idle: Arc::new(move || asr.has_idle_worker()),
+    };
+    let listener = match Listener::spawn_with(
         services.vad.clone(),
         settings.endpoint.clone(),
         settings.barge_in.clone(),
         log.call_id,
+        Some(partials),
     ) {
         Ok(l) => l,
         Err(e) => {
@@ -311,6 +356,8 @@ pub async fn run_assistant(
         pending_asr: None,
         hold: None,
         speculation: None,
+        partial: None,
+        partials_shown: 0,
         answered_burst_end: None,
         turn_ended: None,
         reprompts: 0,
@@ -336,6 +383,11 @@ struct Pipeline<'s> {
     pending_asr: Option<AsrFuture>,
     hold: Option<Hold>,
     speculation: Option<Speculation>,
+    /// A partial transcript of the turn in progress, on an otherwise idle
+    /// recogniser; dropped (cancelled) when the turn ends.
+    partial: Option<AsrFuture>,
+    /// Partial transcripts shown for the turn in progress, for the log.
+    partials_shown: u32,
     /// A short burst answered from its own words ends here: the turn the
     /// endpoint detector reports for it is not a second question.
     answered_burst_end: Option<Duration>,
@@ -400,7 +452,17 @@ impl Pipeline<'_> {
                 },
                 event = self.listener.events.recv() => match event {
                     None => return ActionsOutcome::MediaClosed,
-                    Some(ListenerEvent::SpeechStarted { .. }) => self.silence_deadline = None,
+                    Some(ListenerEvent::SpeechStarted { .. }) => {
+                        self.silence_deadline = None;
+                        self.partial = None;
+                    }
+                    Some(ListenerEvent::TurnInProgress { audio, .. }) => {
+                        if self.speaking.is_none() && self.partial.is_none() && !audio.is_empty() {
+                            let asr = self.services.asr.clone();
+                            let utterance = Utterance::from_telephony_i16(&audio);
+                            self.partial = Some(Box::pin(async move { asr.submit_partial(utterance).await }));
+                        }
+                    }
                     Some(ListenerEvent::Pause { onset }) => self.hold(media, onset),
                     Some(ListenerEvent::Resume { .. }) => self.release(media),
                     Some(ListenerEvent::ShortBurst { burst, onset, end, audio }) => {
@@ -416,6 +478,9 @@ impl Pipeline<'_> {
                     Some(ListenerEvent::BargeIn { onset }) => self.barge_in(media, log, onset).await,
                     Some(ListenerEvent::TurnPausing { speech_end, audio, .. }) => {
                         if self.speaking.is_none() && !audio.is_empty() {
+                            // The speculation covers more of the turn and is
+                            // shown as its partial: an older one would lag it.
+                            self.partial = None;
                             let asr = self.services.asr.clone();
                             let utterance = Utterance::from_telephony_i16(&audio);
                             self.speculation = Some(Speculation {
@@ -424,7 +489,17 @@ impl Pipeline<'_> {
                             });
                         }
                     }
-                    Some(ListenerEvent::EndOfTurn { audio, speech_end, detected_at, .. }) => {
+                    Some(ListenerEvent::EndOfTurn { audio, onset, speech_end, detected_at }) => {
+                        // The final transcript supersedes any partial still running.
+                        self.partial = None;
+                        if self.speaking.is_none() {
+                            info!(
+                                turn_ms = speech_end.saturating_sub(onset).as_millis() as u64,
+                                partial_transcripts = self.partials_shown,
+                                "caller's turn ended"
+                            );
+                        }
+                        self.partials_shown = 0;
                         let speculation = self.speculation.take();
                         let recognised_early = speculation.as_ref().is_some_and(|s| s.speech_end == speech_end);
                         self.turn_ended = Some((Instant::now(), detected_at.saturating_sub(speech_end), recognised_early));
@@ -484,6 +559,17 @@ impl Pipeline<'_> {
                         }
                     }
                 }
+                result = async { self.partial.as_mut().expect("guarded").await }, if self.partial.is_some() => {
+                    self.partial = None;
+                    // A busy or preempted recogniser only means no partial this time.
+                    if let Ok(t) = result
+                        && !t.text.trim().is_empty()
+                        && self.speaking.is_none()
+                    {
+                        log.partial("caller", t.text.trim());
+                        self.partials_shown += 1;
+                    }
+                }
                 result = async {
                     match self.speculation.as_mut().map(|s| &mut s.transcript) {
                         Some(Speculated::Running(asr)) => asr.await,
@@ -493,6 +579,10 @@ impl Pipeline<'_> {
                     // A failed speculation only means the turn is recognised at its end.
                     let text = result.map(|t| t.text.trim().to_string()).unwrap_or_default();
                     let complete = self.is_complete_request(&text);
+                    if !text.is_empty() && self.speaking.is_none() {
+                        log.partial("caller", &text);
+                        self.partials_shown += 1;
+                    }
                     if let Some(speculation) = self.speculation.as_mut() {
                         if complete {
                             self.listener.utterance_complete(speculation.speech_end);

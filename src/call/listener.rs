@@ -39,6 +39,29 @@ pub enum ListenerInput {
     /// The words of the turn up to `speech_end` form a complete request: end
     /// it sooner (ignored if the caller has spoken since).
     UtteranceComplete { speech_end: Duration },
+    /// The audio is about to stop (a bridged call ended): a turn in progress
+    /// ends now instead of being lost.
+    FinishTurn,
+}
+
+/// When to offer a turn's audio for a live partial transcript while the
+/// speaker is still talking (a pause in the turn offers it anyway, as
+/// [`ListenerEvent::TurnPausing`]).
+#[derive(Clone)]
+pub struct PartialPolicy {
+    /// Continuous speech between two offers.
+    pub every: Duration,
+    /// Whether a recogniser is free now; audio is copied and offered only
+    /// then, so partials cost nothing under load.
+    pub worker_idle: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for PartialPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialPolicy")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the listener tells the pipeline.
@@ -67,6 +90,10 @@ pub enum ListenerEvent {
         speech_end: Duration,
         audio: Vec<i16>,
     },
+    /// The caller has been talking for a while without a pause and a
+    /// recogniser is idle: the turn's audio so far, for a partial transcript
+    /// (see [`PartialPolicy`]).
+    TurnInProgress { onset: Duration, audio: Vec<i16> },
     /// The caller finished a turn: their audio from just before the onset.
     EndOfTurn {
         audio: Vec<i16>,
@@ -101,11 +128,25 @@ impl Listener {
         barge_in: BargeInConfig,
         call_id: &str,
     ) -> std::io::Result<Listener> {
+        Self::spawn_with(model, endpoint, barge_in, call_id, None)
+    }
+
+    /// [`spawn`](Self::spawn), offering long turns for partial transcripts.
+    pub fn spawn_with(
+        model: Arc<SileroVadModel>,
+        endpoint: EndpointConfig,
+        barge_in: BargeInConfig,
+        call_id: &str,
+        partials: Option<PartialPolicy>,
+    ) -> std::io::Result<Listener> {
         let (input, input_rx) = std_mpsc::sync_channel(INPUT_DEPTH);
         let (events_tx, events) = mpsc::channel(16);
         let max_turn = endpoint.max_turn;
         std::thread::Builder::new()
-            .name(format!("listen-{}", &call_id[..call_id.len().min(8)]))
+            .name(format!(
+                "listen-{}",
+                call_id.chars().take(8).collect::<String>()
+            ))
             .spawn(move || {
                 let mut ear = Ear {
                     vad: SileroVad::new(model),
@@ -120,13 +161,18 @@ impl Listener {
                     caller_peak: 0,
                     reference_peak: 0,
                     speculated: false,
+                    bot_speaking: false,
+                    partials,
+                    last_partial: Duration::ZERO,
                 };
                 let mut events = Vec::new();
                 while let Ok(input) = input_rx.recv() {
                     match input {
                         ListenerInput::BotSpeaking(speaking) => {
+                            ear.bot_speaking = speaking;
                             ear.interruption.set_bot_speaking(speaking)
                         }
+                        ListenerInput::FinishTurn => ear.finish_turn(&mut events),
                         ListenerInput::Verdict { burst, backchannel } => {
                             ear.interruption.verdict(burst, backchannel);
                         }
@@ -188,6 +234,19 @@ impl Listener {
         self.control(ListenerInput::UtteranceComplete { speech_end });
     }
 
+    /// The events, for a consumer on another task than the one feeding
+    /// frames; [`Self::events`] is left closed.
+    pub fn take_events(&mut self) -> mpsc::Receiver<ListenerEvent> {
+        let (_, closed) = mpsc::channel(1);
+        std::mem::replace(&mut self.events, closed)
+    }
+
+    /// Ends a turn in progress now (its [`ListenerEvent::EndOfTurn`] follows):
+    /// the audio is about to stop.
+    pub fn finish_turn(&self) {
+        self.control(ListenerInput::FinishTurn);
+    }
+
     fn control(&self, input: ListenerInput) {
         if self.input.try_send(input).is_err() {
             warn!("listener input full; a control message was dropped");
@@ -217,6 +276,13 @@ struct Ear {
     reference_peak: u16,
     /// The current pause in the turn was already recognised speculatively.
     speculated: bool,
+    /// Frontdoor is talking: speech now is an interruption, not a turn to
+    /// show live.
+    bot_speaking: bool,
+    partials: Option<PartialPolicy>,
+    /// Stream time the current turn's audio was last offered for a
+    /// transcript (its onset at first).
+    last_partial: Duration,
 }
 
 impl Ear {
@@ -271,6 +337,17 @@ impl Ear {
         if let Some(event) = self.endpoint.observe(window) {
             self.on_endpoint(event, events);
         } else if let Some(last_speech_end) = self.endpoint.last_speech_end() {
+            let speaking = window.probability >= self.endpoint.config().silence_threshold;
+            if speaking
+                && self.partial_due(window.end)
+                && let Some(from) = self.turn_from
+            {
+                self.last_partial = window.end;
+                events.push(ListenerEvent::TurnInProgress {
+                    onset: self.endpoint.turn_onset().unwrap_or_default(),
+                    audio: self.audio_between(from, self.position),
+                });
+            }
             // A pause inside a turn: recognise what was said so far, so that
             // a complete request can end the turn sooner and its words are
             // ready when it ends.
@@ -285,6 +362,7 @@ impl Ear {
                 && let Some(from) = self.turn_from
             {
                 self.speculated = true;
+                self.last_partial = window.end;
                 let onset = self.endpoint.turn_onset().unwrap_or_default();
                 events.push(ListenerEvent::TurnPausing {
                     onset,
@@ -300,6 +378,7 @@ impl Ear {
             EndpointEvent::SpeechStarted { onset, audio_from } => {
                 self.turn_from = Some(samples_for(audio_from).max(self.audio_start));
                 self.speculated = false;
+                self.last_partial = onset;
                 events.push(ListenerEvent::SpeechStarted { onset });
             }
             EndpointEvent::EndOfTurn {
@@ -318,6 +397,34 @@ impl Ear {
         }
     }
 
+    /// Whether the turn's audio should be offered for a partial transcript at
+    /// stream time `now`. The idle check comes last: it takes the pool's lock.
+    fn partial_due(&self, now: Duration) -> bool {
+        partial_due(
+            self.partials.as_ref(),
+            self.bot_speaking || self.turn_from.is_none(),
+            now.saturating_sub(self.last_partial),
+        )
+    }
+
+    /// The audio stops: a turn with speech in it ends at its last speech.
+    fn finish_turn(&mut self, events: &mut Vec<ListenerEvent>) {
+        let (Some(onset), Some(speech_end)) =
+            (self.endpoint.turn_onset(), self.endpoint.last_speech_end())
+        else {
+            return;
+        };
+        let from = self.turn_from.take().unwrap_or(samples_for(onset));
+        events.push(ListenerEvent::EndOfTurn {
+            audio: self.audio_between(from, samples_for(speech_end + TAIL)),
+            onset,
+            speech_end,
+            detected_at: self.vad.stream_time(),
+        });
+        // A fresh detector: the turn just reported must not end twice.
+        self.endpoint = EndpointDetector::new(self.endpoint.config().clone());
+    }
+
     /// Caller audio between two stream sample indices, clamped to what is kept.
     fn audio_between(&self, from: usize, to: usize) -> Vec<i16> {
         let from = from.max(self.audio_start);
@@ -329,5 +436,69 @@ impl Ear {
             .range(from - self.audio_start..to - self.audio_start)
             .copied()
             .collect()
+    }
+}
+
+/// Whether a turn's audio should be offered for a partial transcript:
+/// partials are wanted, the speaker is in a turn of their own (`elsewhere`:
+/// not in a turn, or talking over Frontdoor), they have talked `for` long
+/// enough since the last offer, and a recogniser is idle.
+fn partial_due(policy: Option<&PartialPolicy>, elsewhere: bool, talked_for: Duration) -> bool {
+    policy.is_some_and(|policy| !elsewhere && talked_for >= policy.every && (policy.worker_idle)())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    fn policy(idle: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> PartialPolicy {
+        PartialPolicy {
+            every: Duration::from_millis(1500),
+            worker_idle: Arc::new(move || {
+                asked.fetch_add(1, Ordering::Relaxed);
+                idle.load(Ordering::Relaxed)
+            }),
+        }
+    }
+
+    #[test]
+    fn partials_are_offered_after_continuous_speech_on_an_idle_recogniser() {
+        let idle = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let policy = policy(idle.clone(), asked.clone());
+        let long = Duration::from_millis(1600);
+        assert!(partial_due(Some(&policy), false, long));
+        assert!(!partial_due(
+            Some(&policy),
+            false,
+            Duration::from_millis(1400)
+        ));
+        assert!(!partial_due(None, false, long), "partials not wanted");
+        assert!(
+            !partial_due(Some(&policy), true, long),
+            "talking over Frontdoor"
+        );
+        idle.store(false, Ordering::Relaxed);
+        assert!(
+            !partial_due(Some(&policy), false, long),
+            "every recogniser busy"
+        );
+    }
+
+    #[test]
+    fn the_pool_is_asked_only_when_a_partial_is_otherwise_due() {
+        let idle = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let policy = policy(idle, asked.clone());
+        partial_due(Some(&policy), false, Duration::from_millis(100));
+        partial_due(Some(&policy), true, Duration::from_secs(5));
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            0,
+            "the pool lock is not taken per window"
+        );
+        partial_due(Some(&policy), false, Duration::from_secs(2));
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
     }
 }
