@@ -136,6 +136,8 @@ pub struct PipelineMetrics {
     workers: Family<PoolLabel, Gauge>,
     saturation: Family<PoolLabel, Gauge<f64, AtomicU64>>,
     handoff_queue_depth: Family<QueueLabel, Gauge>,
+    /// Partial (non-final) caller transcripts published for the dashboard.
+    pub partial_transcripts: Counter,
 }
 
 impl PipelineMetrics {
@@ -169,6 +171,7 @@ impl PipelineMetrics {
             workers,
             saturation,
             handoff_queue_depth: Family::default(),
+            partial_transcripts: Counter::default(),
         }
     }
 
@@ -221,6 +224,11 @@ impl PipelineMetrics {
             "handoff_queue_depth",
             "Callers waiting for an agent, by hand-off queue",
             self.handoff_queue_depth.clone(),
+        );
+        registry.register(
+            "partial_transcripts",
+            "Partial (non-final) caller transcripts published to the live view",
+            self.partial_transcripts.clone(),
         );
     }
 

@@ -121,6 +121,7 @@ impl CallLog<'_> {
     pub fn partial(&self, speaker: &str, text: &str) {
         let text = self.redactor.redact(text);
         debug!(speaker, text = &*text, "partial transcript");
+        crate::metrics::pipeline().partial_transcripts.inc();
         self.events.publish(CallEvent::Transcript {
             call_id: self.call_id.to_string(),
             speaker: speaker.to_string(),
