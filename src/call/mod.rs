@@ -174,13 +174,7 @@ async fn run_action(
                     ..TransferOrder::default()
                 };
                 let transferred = handoff
-                    .transfer_as(
-                        media,
-                        (**request).clone(),
-                        &order,
-                        &ctx.log,
-                        Some(services),
-                    )
+                    .transfer_as(media, (**request).clone(), &order, &ctx.log, Some(services))
                     .await;
                 set_phase(ctx, CallPhase::Dialplan);
                 match transferred {
@@ -276,9 +270,7 @@ async fn dialplan_transfer(
         caller: ctx.caller,
         refer_to: transfer.refer_to.clone(),
     };
-    let speech = ctx
-        .assistant
-        .map(|s| s as &dyn crate::handoff::Announcer);
+    let speech = ctx.assistant.map(|s| s as &dyn crate::handoff::Announcer);
     let outcome = handoff
         .transfer_as(media, request, &order, &ctx.log, speech)
         .await;
@@ -416,9 +408,7 @@ async fn take_over(
             return Some(outcome);
         }
     }
-    let speech = ctx
-        .assistant
-        .map(|s| s as &dyn crate::handoff::Announcer);
+    let speech = ctx.assistant.map(|s| s as &dyn crate::handoff::Announcer);
     let outcome = loop {
         let (request, order) = takeover_request(ctx, &takeover, &heard);
         info!(by = %takeover.by, target = ?takeover.target, "supervisor takes the call over");

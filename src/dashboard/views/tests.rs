@@ -552,7 +552,9 @@ async fn a_stored_call_shows_its_record_serves_its_recording_and_is_audited() {
             .is_ok_and(|v| v.contains("script-src 'self'"))
     );
     let html = body_text(page).await;
-    assert!(html.contains(r#"<audio data-testid="recording" controls preload="none" src="/calls/call-1/recording">"#));
+    assert!(html.contains(
+        r#"<audio data-testid="recording" controls preload="none" src="/calls/call-1/recording">"#
+    ));
     assert!(!html.contains("<script>alert(1)"));
 
     let full = get(&h.app, "/calls/call-1/recording", Some(&cookie)).await;
