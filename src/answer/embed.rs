@@ -561,10 +561,16 @@ impl SentenceEmbedder {
             path: files.onnx.clone(),
             reason,
         };
-        let mut loaded = Vec::with_capacity(sessions.max(1));
-        for _ in 0..sessions.max(1) {
-            let session =
-                crate::speech::runtime::open_session(&files.onnx, 1).map_err(model_error)?;
+        // Utterances vary in length; a run's buffers are small (64 tokens at
+        // most), so the arena keeps them.
+        let loaded = crate::speech::runtime::open_sessions(
+            &files.onnx,
+            sessions,
+            1,
+            crate::speech::runtime::RunMemory::VariableShapes,
+        )
+        .map_err(model_error)?;
+        for session in &loaded {
             let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
             for wanted in ["input_ids", "attention_mask"] {
                 if !inputs.contains(&wanted) {
@@ -573,7 +579,6 @@ impl SentenceEmbedder {
                     )));
                 }
             }
-            loaded.push(session);
         }
         let mut embedder = Self {
             sessions: crate::speech::runtime::SessionPool::new(loaded),

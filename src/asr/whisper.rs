@@ -61,6 +61,12 @@ pub struct AsrConfig {
     /// whisper.cpp threads per transcriber. Keep 1 and run one transcriber
     /// per core: two threads on a busy core ran 3–5× slower than one.
     pub threads: u16,
+    /// whisper.cpp's fused attention: the encoder never holds a whole
+    /// attention matrix (6 heads × 1500² floats for tiny at the full
+    /// window), which saves ~90 MB per worker once a full window has been
+    /// decoded — but it decoded 20–30 % slower on this 2-core machine, so
+    /// it is off by default.
+    pub flash_attention: bool,
 }
 
 impl Default for AsrConfig {
@@ -76,6 +82,7 @@ impl Default for AsrConfig {
             max_audio_seconds: 600.0,
             silence_gate_dbfs: -55.0,
             threads: 1,
+            flash_attention: false,
         }
     }
 }
@@ -154,11 +161,12 @@ impl AsrModel {
             .to_str()
             .ok_or_else(|| load_error("path is not valid UTF-8".into()))?;
         // whisper.cpp prints to stderr unless hooked; this sends its lines to
-        // `tracing` (targets `whisper_rs::*`). Idempotent.
-        whisper_rs::install_logging_hooks();
-        let context =
-            WhisperContext::new_with_params(path_text, WhisperContextParameters::default())
-                .map_err(|e| load_error(e.to_string()))?;
+        // `tracing`. Idempotent.
+        install_whisper_log_hook();
+        let mut context_parameters = WhisperContextParameters::default();
+        context_parameters.flash_attn(config.flash_attention);
+        let context = WhisperContext::new_with_params(path_text, context_parameters)
+            .map_err(|e| load_error(e.to_string()))?;
         // Tokenised once here rather than passed as text per call: whisper-rs
         // leaks the C string of every `set_initial_prompt`.
         let prompt_tokens = if config.vocabulary_prompt.trim().is_empty() {
@@ -483,4 +491,68 @@ unsafe extern "C" fn abort_requested(data: *mut c_void) -> bool {
     // SAFETY: set only in `Transcriber::decode`, from a live `Arc<AtomicBool>`.
     let flag = unsafe { &*(data as *const AtomicBool) };
     flag.load(Ordering::Relaxed)
+}
+
+/// Sends whisper.cpp's and ggml's log lines to `tracing` (ggml's through
+/// whisper-rs, targets `whisper_rs::*`; whisper.cpp's through
+/// [`whisper_log_line`]), once per process.
+fn install_whisper_log_hook() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        whisper_rs::install_logging_hooks();
+        // SAFETY: the callback never unwinds (tracing macros do not panic)
+        // and reads `text` only as whisper.cpp's NUL-terminated string.
+        unsafe { whisper_rs::set_log_callback(Some(whisper_log_line), std::ptr::null_mut()) };
+    });
+}
+
+/// whisper.cpp's log levels (ggml_log_level).
+const WHISPER_LOG_INFO: std::os::raw::c_uint = 2;
+const WHISPER_LOG_WARN: std::os::raw::c_uint = 3;
+const WHISPER_LOG_ERROR: std::os::raw::c_uint = 4;
+
+/// One whisper.cpp log line into `tracing`. A cancelled job (a hang-up, a
+/// partial transcript preempted by a turn) aborts mid-run, and whisper.cpp
+/// reports that as "failed to encode/decode": expected, so not an error.
+/// Real failures still surface as [`AsrError::Inference`] from `full`.
+unsafe extern "C" fn whisper_log_line(
+    level: std::os::raw::c_uint,
+    text: *const std::os::raw::c_char,
+    _user_data: *mut c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: whisper.cpp passes a NUL-terminated string valid for the call.
+    let line = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    let line = line.trim();
+    if line.is_empty() {
+        return;
+    }
+    match level {
+        WHISPER_LOG_ERROR if is_abort_report(line) => {
+            tracing::debug!(target: "whisper", "{line}")
+        }
+        WHISPER_LOG_ERROR => tracing::error!(target: "whisper", "{line}"),
+        WHISPER_LOG_WARN => tracing::warn!(target: "whisper", "{line}"),
+        WHISPER_LOG_INFO => tracing::info!(target: "whisper", "{line}"),
+        _ => tracing::debug!(target: "whisper", "{line}"),
+    }
+}
+
+/// How whisper.cpp reports a run stopped by the abort callback.
+fn is_abort_report(line: &str) -> bool {
+    line.ends_with("failed to encode") || line.ends_with("failed to decode")
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::is_abort_report;
+
+    #[test]
+    fn aborted_runs_are_told_apart_from_other_whisper_errors() {
+        assert!(is_abort_report("whisper_full_with_state: failed to encode"));
+        assert!(is_abort_report("whisper_full_with_state: failed to decode"));
+        assert!(!is_abort_report("whisper_model_load: failed to load model"));
+    }
 }

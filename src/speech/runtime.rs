@@ -43,6 +43,7 @@ pub fn init_onnxruntime(path: &Path) -> Result<OnnxRuntimeInfo, SpeechError> {
         return Ok(info.clone());
     }
     let version = check_library(path)?;
+    pin_malloc_mmap_threshold();
     let library_error = |reason: String| SpeechError::OnnxRuntimeLibrary {
         path: path.to_path_buf(),
         reason,
@@ -60,6 +61,25 @@ pub fn init_onnxruntime(path: &Path) -> Result<OnnxRuntimeInfo, SpeechError> {
     tracing::info!(path = %info.path.display(), version = %info.version, "ONNX Runtime loaded");
     *runtime = Some(info.clone());
     Ok(info)
+}
+
+/// Piper's sentences need 100–200 MB of buffers for a moment, which its
+/// sessions hand back after each run ([`RunMemory`]). glibc returns a freed
+/// block to the system only if it was mmap'ed, and after the first such
+/// block it raises its mmap threshold to that block's size (up to 32 MB), so
+/// every later buffer came from the heap and stayed resident: the engine sat
+/// at 650 MB after one call instead of 480. A fixed threshold keeps large
+/// buffers mmap'ed; 1 MB leaves ONNX Runtime's arena chunks and whisper.cpp's
+/// one-off buffers above it and ordinary allocations below.
+fn pin_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const THRESHOLD_BYTES: libc::c_int = 1024 * 1024;
+        // SAFETY: mallopt only adjusts the allocator's tunables.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD_BYTES) } != 1 {
+            tracing::warn!("could not set malloc's mmap threshold; memory may stay resident");
+        }
+    }
 }
 
 /// The loaded runtime, loading it from `FRONTDOOR_ONNXRUNTIME_LIB` or the
@@ -134,25 +154,81 @@ fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// How a session's working memory is managed between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMemory {
+    /// Inputs of one fixed shape (Silero's window): ONNX Runtime's arena and
+    /// its memory patterns settle at what one run needs.
+    FixedShapes,
+    /// Inputs that vary in length (the embedder's tokens): the arena, but no
+    /// memory patterns, which are cached per input shape and rarely reused.
+    VariableShapes,
+    /// As [`RunMemory::VariableShapes`], for models whose working buffers
+    /// grow with the input (Piper: 170 MB for a long sentence): every run
+    /// must use [`release_arena_after_run`] run options, or the arena keeps
+    /// the longest run's buffers for good.
+    VariableShapesReleasedAfterRun,
+}
+
+/// Makes runs with these options hand the arena's free memory back to the
+/// system when they end. Page for page, this is the cost of one run's
+/// buffers being faulted in again; ONNX Runtime without an arena allocated
+/// and freed every operator's output and ran Piper at half speed.
+pub fn release_arena_after_run<O: ort::session::SelectedOutputMarker>(
+    options: &mut ort::session::RunOptions<O>,
+) -> Result<(), ort::Error> {
+    options.add_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+}
+
 /// Opens an ONNX session the way every model here runs: full graph
 /// optimisation, `intra_threads` threads (1 for per-call models), no
-/// inter-op parallelism and no spinning — spinning threads would burn the
+/// inter-op parallelism, no spinning — spinning threads would burn the
 /// cores the other calls need. The error is the runtime's message.
-pub fn open_session(path: &Path, intra_threads: usize) -> Result<ort::session::Session, String> {
-    use ort::session::builder::GraphOptimizationLevel;
+pub fn open_session(
+    path: &Path,
+    intra_threads: usize,
+    memory: RunMemory,
+) -> Result<ort::session::Session, String> {
+    let mut sessions = open_sessions(path, 1, intra_threads, memory)?;
+    sessions
+        .pop()
+        .ok_or_else(|| "no session was opened".to_string())
+}
+
+/// Opens `count` sessions of one model (at least one) for a
+/// [`SessionPool`]. They share one copy of the weights ONNX Runtime
+/// pre-packs for its matrix kernels, so a second session costs its own
+/// initialisers but not a second packed copy.
+pub fn open_sessions(
+    path: &Path,
+    count: usize,
+    intra_threads: usize,
+    memory: RunMemory,
+) -> Result<Vec<ort::session::Session>, String> {
+    use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
     let text = |e: &dyn std::fmt::Display| e.to_string();
-    ort::session::Session::builder()
-        .map_err(|e| text(&e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| text(&e))?
-        .with_intra_threads(intra_threads.max(1))
-        .map_err(|e| text(&e))?
-        .with_inter_threads(1)
-        .map_err(|e| text(&e))?
-        .with_intra_op_spinning(false)
-        .map_err(|e| text(&e))?
-        .commit_from_file(path)
-        .map_err(|e| text(&e))
+    let prepacked = PrepackedWeights::new();
+    let memory_patterns = memory == RunMemory::FixedShapes;
+    (0..count.max(1))
+        .map(|_| {
+            ort::session::Session::builder()
+                .map_err(|e| text(&e))?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| text(&e))?
+                .with_intra_threads(intra_threads.max(1))
+                .map_err(|e| text(&e))?
+                .with_inter_threads(1)
+                .map_err(|e| text(&e))?
+                .with_intra_op_spinning(false)
+                .map_err(|e| text(&e))?
+                .with_memory_pattern(memory_patterns)
+                .map_err(|e| text(&e))?
+                .with_prepacked_weights(&prepacked)
+                .map_err(|e| text(&e))?
+                .commit_from_file(path)
+                .map_err(|e| text(&e))
+        })
+        .collect()
 }
 
 /// Sessions of one model shared by many calls: `Session::run` needs
@@ -203,6 +279,44 @@ mod tests {
         assert!(check_version(&format!("1.{}.0", ort::MINOR_VERSION)).is_ok());
         assert!(check_version("1.17.3").unwrap_err().contains("too old"));
         assert!(check_version("garbage").is_err());
+    }
+
+    #[test]
+    fn a_pool_opens_every_session_and_runs_that_release_the_arena_succeed() {
+        let paths = SpeechModelPaths::from_env_or_cache();
+        if !paths.silero_vad.is_file() || ensure_initialised().is_err() {
+            eprintln!("skipped: Silero or ONNX Runtime not fetched");
+            return;
+        }
+        let sessions = open_sessions(
+            &paths.silero_vad,
+            2,
+            1,
+            RunMemory::VariableShapesReleasedAfterRun,
+        )
+        .expect("sessions open");
+        assert_eq!(sessions.len(), 2);
+        let mut options = ort::session::RunOptions::new().expect("run options");
+        release_arena_after_run(&mut options).expect("ONNX Runtime knows the shrinkage key");
+        let input = [0f32; 288];
+        let state = [0f32; 256];
+        let rate = [8000i64];
+        for mut session in sessions {
+            let outputs = session
+                .run_with_options(
+                    ort::inputs![
+                        "input" => ort::value::TensorRef::from_array_view(([1usize, 288], &input[..])).expect("input"),
+                        "state" => ort::value::TensorRef::from_array_view(([2usize, 1, 128], &state[..])).expect("state"),
+                        "sr" => ort::value::TensorRef::from_array_view(((), &rate[..])).expect("rate"),
+                    ],
+                    &options,
+                )
+                .expect("a run with arena release succeeds");
+            let (_, probability) = outputs["output"]
+                .try_extract_tensor::<f32>()
+                .expect("probability");
+            assert!(probability[0] < 0.5, "silence is not speech");
+        }
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub struct PiperVoiceOptions {
     /// cores and several workers; two threads on a busy core run slower.
     pub intra_threads: usize,
     /// Sessions that can run at once (one per TTS worker). Each costs the
-    /// model's weights in memory again (about 65 MB for a medium voice).
+    /// model's weights in memory again (about 65 MB for a medium voice),
+    /// less the pre-packed matrix weights, which the sessions share.
     pub sessions: usize,
     /// Speaker for multi-speaker voices (ignored by single-speaker ones).
     pub speaker_id: i64,
@@ -143,6 +144,8 @@ pub struct PiperVoice {
     config: VoiceConfig,
     options: PiperVoiceOptions,
     sessions: runtime::SessionPool,
+    /// For runs without a [`Cancellation`]: they release the arena too.
+    run_options: RunOptions,
     model_path: PathBuf,
 }
 
@@ -185,7 +188,7 @@ impl Cancellation {
         runtime::ensure_initialised()?;
         Ok(Self {
             cancelled: AtomicBool::new(false),
-            run_options: RunOptions::new()?,
+            run_options: releasing_run_options()?,
         })
     }
 
@@ -220,15 +223,12 @@ impl PiperVoice {
         }
         let config = VoiceConfig::load(config_json)?;
         runtime::ensure_initialised()?;
-        let sessions = runtime::SessionPool::new(
-            (0..options.sessions.max(1))
-                .map(|_| new_session(onnx, options.intra_threads))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let sessions = runtime::SessionPool::new(new_sessions(onnx, &options)?);
         Ok(Self {
             config,
             options,
             sessions,
+            run_options: releasing_run_options()?,
             model_path: onnx.to_path_buf(),
         })
     }
@@ -347,7 +347,7 @@ impl PiperVoice {
                         }
                     })?
             }
-            None => session.run(inputs)?,
+            None => session.run_with_options(inputs, &self.run_options)?,
         };
         let (_, audio) = outputs[0].try_extract_tensor::<f32>()?;
         Ok(audio.to_vec())
@@ -359,11 +359,25 @@ impl PiperVoice {
     }
 }
 
-fn new_session(onnx: &Path, intra_threads: usize) -> Result<Session, SpeechError> {
-    runtime::open_session(onnx, intra_threads).map_err(|reason| SpeechError::ModelLoad {
+/// A sentence's working buffers grow with its length (170 MB for the
+/// greeting's longest), so every run gives them back when it ends.
+fn new_sessions(onnx: &Path, options: &PiperVoiceOptions) -> Result<Vec<Session>, SpeechError> {
+    runtime::open_sessions(
+        onnx,
+        options.sessions,
+        options.intra_threads,
+        runtime::RunMemory::VariableShapesReleasedAfterRun,
+    )
+    .map_err(|reason| SpeechError::ModelLoad {
         path: onnx.to_path_buf(),
         reason,
     })
+}
+
+fn releasing_run_options() -> Result<RunOptions, SpeechError> {
+    let mut options = RunOptions::new()?;
+    runtime::release_arena_after_run(&mut options)?;
+    Ok(options)
 }
 
 fn normalise_peak(audio: &mut [f32]) {
