@@ -25,6 +25,8 @@
 //! overflow = "general"                  # another queue; none: give up
 //! hold_music = "prompts/hold.wav"
 //! announce_every_secs = 30              # position in queue
+//! hours = ["mon-fri 08:30-17:00", "sat 09:00-12:30"]   # local time; absent: always open
+//! closed_message = "Our advisers are available Monday to Friday, half past eight to five."
 //!
 //! [[handoff.queue]]
 //! name = "council-pbx"
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::dialplan::OpeningHours;
 use crate::sip::{AgentAccount, DigestAlgorithm, RegistrarConfig, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,7 +203,25 @@ pub struct QueueSpec {
     /// configured with a `uri`.
     #[serde(default)]
     pub refer_to: Option<String>,
+    /// When routine callers are put through, as dialplan route hours
+    /// (`"mon-fri 08:30-17:00"`, the engine's local time); absent: always.
+    /// Closed only turns routine callers away: risk callers are still
+    /// queued, and agents who are available get them out of hours.
+    #[serde(default)]
+    pub hours: Option<Vec<String>>,
+    /// Spoken to a routine caller when this queue and its overflows are
+    /// closed; default [`DEFAULT_CLOSED_MESSAGE`].
+    #[serde(default)]
+    pub closed_message: Option<String>,
 }
+
+/// What a routine caller hears when the team that can help is closed and
+/// the queue's configuration says nothing more specific.
+pub const DEFAULT_CLOSED_MESSAGE: &str = "The team that can help is closed right now.";
+
+/// A closed message is one or two spoken sentences; a page of text would
+/// hold the caller for minutes of synthesis and speech.
+const MAX_CLOSED_MESSAGE_CHARS: usize = 500;
 
 fn default_ring_timeout() -> f64 {
     15.0
@@ -213,6 +234,33 @@ fn default_announce() -> u64 {
 impl QueueSpec {
     pub fn ring_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.ring_timeout_secs.clamp(1.0, 300.0))
+    }
+
+    /// The parsed `hours`; `None` when the queue is always open. The error
+    /// names the queue, for start-up validation.
+    pub fn opening_hours(&self) -> Result<Option<OpeningHours>, String> {
+        let Some(lines) = &self.hours else {
+            return Ok(None);
+        };
+        if lines.is_empty() {
+            // An empty list would mean "never open", which is almost
+            // certainly a mistake; leaving `hours` out means always open.
+            return Err(format!(
+                "handoff.queue {:?}: hours is empty; list windows like \"mon-fri 08:30-17:00\" or leave it out for always open",
+                self.name
+            ));
+        }
+        OpeningHours::parse(lines)
+            .map(Some)
+            .map_err(|why| format!("handoff.queue {:?}: hours: {why}", self.name))
+    }
+
+    pub fn closed_message(&self) -> &str {
+        self.closed_message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .unwrap_or(DEFAULT_CLOSED_MESSAGE)
     }
 }
 
@@ -286,6 +334,15 @@ impl HandoffSection {
             {
                 return Err(format!(
                     "handoff.queue {:?}: refer_to {target:?} is not a sip: URI",
+                    queue.name
+                ));
+            }
+            queue.opening_hours()?;
+            if let Some(message) = &queue.closed_message
+                && message.chars().count() > MAX_CLOSED_MESSAGE_CHARS
+            {
+                return Err(format!(
+                    "handoff.queue {:?}: closed_message is longer than {MAX_CLOSED_MESSAGE_CHARS} characters",
                     queue.name
                 ));
             }
@@ -450,5 +507,61 @@ available = "*71"
             let section: HandoffSection = toml::from_str(text).unwrap();
             assert!(section.validate().is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn queue_hours_parse_and_bad_hours_name_the_queue() {
+        let text = r#"
+[[agent]]
+id = "a"
+password = "p"
+[[queue]]
+name = "housing"
+members = ["a"]
+hours = ["mon-fri 08:30-17:00", "sat 09:00-12:30"]
+closed_message = "Our advisers are available Monday to Friday, half past eight to five."
+overflow = "general"
+[[queue]]
+name = "general"
+members = ["a"]
+"#;
+        let section: HandoffSection = toml::from_str(text).unwrap();
+        section.validate().unwrap();
+        let hours = section.queue[0].opening_hours().unwrap().unwrap();
+        let at = |d: u32, h: u32, m: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, d)
+                .and_then(|day| day.and_hms_opt(h, m, 0))
+                .unwrap()
+        };
+        // 23 Nov 2026 is a Monday, 28th a Saturday, 29th a Sunday.
+        assert!(hours.is_open(at(23, 8, 30)));
+        assert!(!hours.is_open(at(23, 17, 0)));
+        assert!(hours.is_open(at(28, 12, 29)));
+        assert!(!hours.is_open(at(29, 10, 0)));
+        assert!(
+            section.queue[0]
+                .closed_message()
+                .starts_with("Our advisers")
+        );
+        assert_eq!(section.queue[1].opening_hours(), Ok(None));
+        assert_eq!(section.queue[1].closed_message(), DEFAULT_CLOSED_MESSAGE);
+
+        let base = "[[agent]]\nid='a'\npassword='p'\n[[queue]]\nname='housing'\nmembers=['a']\n";
+        for bad in [
+            "hours=['someday 9-5']",
+            "hours=['mon-fri 17:00-08:30x']",
+            "hours=[]",
+            &format!(
+                "closed_message='{}'",
+                "x".repeat(MAX_CLOSED_MESSAGE_CHARS + 1)
+            ),
+        ] {
+            let section: HandoffSection = toml::from_str(&format!("{base}{bad}")).unwrap();
+            let error = section.validate().unwrap_err();
+            assert!(error.contains("\"housing\""), "{bad}: {error}");
+        }
+        let blank: HandoffSection = toml::from_str(&format!("{base}closed_message='  '")).unwrap();
+        blank.validate().unwrap();
+        assert_eq!(blank.queue[0].closed_message(), DEFAULT_CLOSED_MESSAGE);
     }
 }

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{NaiveDateTime, Utc};
 use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc};
@@ -35,6 +35,7 @@ use crate::call::CallMedia;
 use crate::call::assistant::CallLog;
 use crate::call::transcriber::{BridgeEars, BridgeTranscriber, Speaker};
 use crate::control::{CallPhase, PhaseHandle};
+use crate::dialplan::OpeningHours;
 use crate::events::CallEvent;
 use crate::media::{
     self, CallRecorder, FRAME_SAMPLES, MediaCapabilities, MediaConfig, MediaEvent, MediaHandle,
@@ -163,6 +164,8 @@ pub enum TransferOutcome {
 
 struct QueueRuntime {
     spec: QueueSpec,
+    /// Parsed `spec.hours`; `None`: always open.
+    hours: Option<OpeningHours>,
     waiting: Mutex<WaitingList>,
     cursor: Mutex<usize>,
     hold: Arc<[i16]>,
@@ -222,10 +225,12 @@ impl Handoff {
                 })?,
                 None => default_hold_tone(),
             };
+            let hours = spec.opening_hours().map_err(HandoffError::Config)?;
             queues.insert(
                 spec.name.clone(),
                 QueueRuntime {
                     spec: spec.clone(),
+                    hours,
                     waiting: Mutex::new(WaitingList::default()),
                     cursor: Mutex::new(0),
                     hold,
@@ -288,6 +293,13 @@ impl Handoff {
     /// [`TransferOutcome::NoAgent`] — it never spills to other agents the
     /// supervisor did not choose. A transfer record is written however the
     /// hand-off ends, even when the future is dropped.
+    ///
+    /// A transfer to a queue that is closed by its `hours` (checked when
+    /// the caller enters it, including by overflow) goes on to the first
+    /// open queue of its overflow chain; when none is open a routine
+    /// caller hears the queue's closed message and gets
+    /// [`TransferOutcome::NoAgent`], while a risk caller is queued in the
+    /// first queue anyway, for any agent who is available.
     pub async fn transfer_as(
         &self,
         call: &mut CallMedia,
@@ -333,6 +345,27 @@ impl Handoff {
                 .to_string(),
             )
             .await;
+        // A supervisor who names an agent or a target has chosen a person,
+        // so opening hours only steer transfers to a queue.
+        if order.agent.is_none() && order.refer_to.is_none() {
+            let now = chrono::Local::now().naive_local();
+            match self
+                .enter_by_hours(call, &request, &queue_name, now, log, speech)
+                .await
+            {
+                Some(open) => {
+                    queue_name = open;
+                    track.set_queue(&queue_name);
+                }
+                None => {
+                    let outcome = TransferOutcome::NoAgent {
+                        waited: started.elapsed(),
+                    };
+                    track.finish(&outcome).await;
+                    return outcome;
+                }
+            }
+        }
         if order.agent.is_none()
             && let Some(target) = self.refer_target(order, &queue_name)
         {
@@ -394,7 +427,18 @@ impl Handoff {
                     match next {
                         Some(next) if next != queue_name => {
                             audit(log, "handoff_overflow", format!("{queue_name} -> {next}")).await;
-                            queue_name = next;
+                            let now = chrono::Local::now().naive_local();
+                            let Some(open) = self
+                                .enter_by_hours(call, &request, &next, now, log, speech)
+                                .await
+                            else {
+                                let outcome = TransferOutcome::NoAgent {
+                                    waited: started.elapsed(),
+                                };
+                                track.finish(&outcome).await;
+                                return outcome;
+                            };
+                            queue_name = open;
                             track.set_queue(&queue_name);
                         }
                         _ => {
@@ -579,6 +623,64 @@ impl Handoff {
             .filter(|q| queues.contains_key(q))
             .or_else(|| self.inner.section.default_queue.clone())
             .or_else(|| self.inner.section.queue.first().map(|q| q.name.clone()))
+    }
+
+    /// The queue the caller should wait in given opening hours, starting
+    /// at `first` (see [`route_by_hours`]), with the audit trail; `None`
+    /// when a routine caller was told the team is closed and should get
+    /// [`TransferOutcome::NoAgent`].
+    async fn enter_by_hours(
+        &self,
+        call: &mut CallMedia,
+        request: &TransferRequest,
+        first: &str,
+        now: NaiveDateTime,
+        log: &CallLog<'_>,
+        speech: Option<&dyn Announcer>,
+    ) -> Option<String> {
+        let route = route_by_hours(&self.inner.queues, first, request.is_risk(), now);
+        let (passed, queue) = match route {
+            HoursRoute::Open { passed, queue } => (passed, queue),
+            HoursRoute::RiskOutOfHours { passed, queue } => {
+                audit_closed_hops(log, &passed, None).await;
+                audit(
+                    log,
+                    "handoff_closed_risk",
+                    format!("every queue from {first} is closed; risk caller queued in {queue}"),
+                )
+                .await;
+                return Some(queue);
+            }
+            HoursRoute::Closed {
+                passed,
+                message_from,
+            } => {
+                audit_closed_hops(log, &passed, None).await;
+                let last = passed.last().map_or(message_from.as_str(), String::as_str);
+                audit(
+                    log,
+                    "handoff_closed",
+                    format!("{last} -> none; routine caller told the team is closed"),
+                )
+                .await;
+                let message = self
+                    .inner
+                    .queues
+                    .get(&message_from)
+                    .map_or(super::config::DEFAULT_CLOSED_MESSAGE, |q| {
+                        q.spec.closed_message()
+                    });
+                if let Some(audio) = match speech {
+                    Some(speech) => speech.speak(message).await,
+                    None => None,
+                } {
+                    play_to_the_end(call, audio).await;
+                }
+                return None;
+            }
+        };
+        audit_closed_hops(log, &passed, Some(&queue)).await;
+        Some(queue)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1514,6 +1616,102 @@ impl Hold {
     }
 }
 
+/// Plays `audio` and waits until it has been heard (or the caller left),
+/// so that whatever the dialplan plays next cannot cut it short.
+async fn play_to_the_end(call: &mut CallMedia, audio: Arc<[i16]>) {
+    let length = Duration::from_secs_f64(audio.len() as f64 / f64::from(media::SAMPLE_RATE));
+    call.handle.flush();
+    call.handle.play(audio);
+    let deadline = tokio::time::sleep(length + Duration::from_secs(2));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            event = call.events.recv() => match event {
+                Some(MediaEvent::PlaybackFinished)
+                | Some(MediaEvent::Inactive { .. })
+                | None => return,
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// Where opening hours send a transfer that starts at a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HoursRoute {
+    /// Wait in `queue`, which is open; `passed` are the closed queues
+    /// skipped on the way through the overflow chain, in order.
+    Open { passed: Vec<String>, queue: String },
+    /// Every queue in the chain is closed but the caller is at risk: they
+    /// wait in the first queue anyway, for any agent who is available.
+    RiskOutOfHours { passed: Vec<String>, queue: String },
+    /// Every queue in the chain is closed and the call is routine: the
+    /// caller hears `message_from`'s closed message and is not queued.
+    Closed {
+        passed: Vec<String>,
+        message_from: String,
+    },
+}
+
+/// The opening-hours decision at `now` for a transfer starting at `first`:
+/// the first open queue along the overflow chain. Hours never turn a risk
+/// caller away. Pure, so that it can be tested at any time of the week.
+fn route_by_hours(
+    queues: &HashMap<String, QueueRuntime>,
+    first: &str,
+    risk: bool,
+    now: NaiveDateTime,
+) -> HoursRoute {
+    let mut passed: Vec<String> = Vec::new();
+    if !queues.contains_key(first) {
+        // Not a queue: the caller's transfer reports NotConfigured as before.
+        return HoursRoute::Open {
+            passed,
+            queue: first.to_owned(),
+        };
+    }
+    let mut current = first;
+    // Each queue at most once, so an overflow loop (a -> b -> a) ends.
+    while let Some(queue) = queues.get(current)
+        && !passed.iter().any(|p| p == current)
+    {
+        if queue.hours.as_ref().is_none_or(|hours| hours.is_open(now)) {
+            return HoursRoute::Open {
+                passed,
+                queue: current.to_owned(),
+            };
+        }
+        passed.push(current.to_owned());
+        match queue.spec.overflow.as_deref() {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    if risk {
+        HoursRoute::RiskOutOfHours {
+            passed,
+            queue: first.to_owned(),
+        }
+    } else {
+        HoursRoute::Closed {
+            passed,
+            message_from: first.to_owned(),
+        }
+    }
+}
+
+/// One `handoff_closed` entry per closed queue passed over, naming the
+/// queue and where the call went next (`open` after the last one).
+async fn audit_closed_hops(log: &CallLog<'_>, passed: &[String], open: Option<&str>) {
+    for (i, closed) in passed.iter().enumerate() {
+        let next = passed.get(i + 1).map(String::as_str).or(open);
+        if let Some(next) = next {
+            audit(log, "handoff_closed", format!("{closed} -> {next}")).await;
+        }
+    }
+}
+
 /// A soft 425 Hz pip every three seconds, so a caller on hold without
 /// configured music never mistakes silence for a dropped call.
 fn default_hold_tone() -> Arc<[i16]> {
@@ -1730,5 +1928,148 @@ mod tests {
                 .is_some_and(|c| c.destination.transport == Transport::Tcp)
         );
         assert!(fixed_contact("sip:2000@pbx.example").is_none());
+    }
+
+    /// Queues as `with_directory` builds them, from `[handoff]` TOML.
+    fn queues_from(text: &str) -> HashMap<String, QueueRuntime> {
+        let section: HandoffSection = toml::from_str(text).unwrap();
+        section.validate().unwrap();
+        section
+            .queue
+            .iter()
+            .map(|spec| {
+                let runtime = QueueRuntime {
+                    spec: spec.clone(),
+                    hours: spec.opening_hours().unwrap(),
+                    waiting: Mutex::new(WaitingList::default()),
+                    cursor: Mutex::new(0),
+                    hold: default_hold_tone(),
+                };
+                (spec.name.clone(), runtime)
+            })
+            .collect()
+    }
+
+    /// 23 November 2026 is a Monday; 29th a Sunday.
+    fn at(day: u32, hour: u32, minute: u32) -> NaiveDateTime {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, day)
+            .and_then(|d| d.and_hms_opt(hour, minute, 0))
+            .unwrap()
+    }
+
+    const OFFICE_AND_EVENING: &str = r#"
+[[agent]]
+id = "a"
+password = "p"
+[[queue]]
+name = "housing"
+members = ["a"]
+hours = ["mon-fri 08:30-17:00"]
+overflow = "evening"
+[[queue]]
+name = "evening"
+members = ["a"]
+hours = ["mon-fri 17:00-22:00"]
+[[queue]]
+name = "always"
+members = ["a"]
+"#;
+
+    fn open(passed: &[&str], queue: &str) -> HoursRoute {
+        HoursRoute::Open {
+            passed: passed.iter().map(|p| p.to_string()).collect(),
+            queue: queue.into(),
+        }
+    }
+
+    #[test]
+    fn open_queue_serves_and_closed_queue_overflows_to_an_open_one() {
+        let queues = queues_from(OFFICE_AND_EVENING);
+        assert_eq!(
+            route_by_hours(&queues, "housing", false, at(23, 9, 0)),
+            open(&[], "housing")
+        );
+        assert_eq!(
+            route_by_hours(&queues, "housing", false, at(23, 18, 0)),
+            open(&["housing"], "evening")
+        );
+        // No hours: always open, even on Sunday night.
+        assert_eq!(
+            route_by_hours(&queues, "always", false, at(29, 3, 0)),
+            open(&[], "always")
+        );
+        // Not a queue: left for the transfer to report as not configured.
+        assert_eq!(
+            route_by_hours(&queues, "nope", false, at(29, 3, 0)),
+            open(&[], "nope")
+        );
+    }
+
+    #[test]
+    fn routine_caller_is_turned_away_when_the_whole_chain_is_closed() {
+        let queues = queues_from(OFFICE_AND_EVENING);
+        assert_eq!(
+            route_by_hours(&queues, "housing", false, at(29, 10, 0)),
+            HoursRoute::Closed {
+                passed: vec!["housing".into(), "evening".into()],
+                message_from: "housing".into(),
+            }
+        );
+        assert_eq!(
+            route_by_hours(&queues, "evening", false, at(23, 9, 0)),
+            HoursRoute::Closed {
+                passed: vec!["evening".into()],
+                message_from: "evening".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn risk_caller_is_never_turned_away_by_hours() {
+        let queues = queues_from(OFFICE_AND_EVENING);
+        assert_eq!(
+            route_by_hours(&queues, "housing", true, at(29, 10, 0)),
+            HoursRoute::RiskOutOfHours {
+                passed: vec!["housing".into(), "evening".into()],
+                queue: "housing".into(),
+            }
+        );
+        // An open overflow still takes a risk caller, like a routine one.
+        assert_eq!(
+            route_by_hours(&queues, "housing", true, at(23, 18, 0)),
+            open(&["housing"], "evening")
+        );
+    }
+
+    #[test]
+    fn overflow_loop_of_closed_queues_ends() {
+        let queues = queues_from(
+            r#"
+[[agent]]
+id = "a"
+password = "p"
+[[queue]]
+name = "x"
+members = ["a"]
+hours = ["sat 09:00-10:00"]
+overflow = "y"
+[[queue]]
+name = "y"
+members = ["a"]
+hours = ["sun 09:00-10:00"]
+overflow = "x"
+"#,
+        );
+        assert_eq!(
+            route_by_hours(&queues, "x", false, at(23, 9, 30)),
+            HoursRoute::Closed {
+                passed: vec!["x".into(), "y".into()],
+                message_from: "x".into(),
+            }
+        );
+        assert_eq!(
+            route_by_hours(&queues, "x", false, at(29, 9, 30)),
+            open(&["x"], "y")
+        );
     }
 }
