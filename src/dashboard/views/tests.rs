@@ -542,6 +542,20 @@ async fn a_stored_call_shows_its_record_serves_its_recording_and_is_audited() {
         .store
         .call_answered("call-1", "PCMU", Some(wav.display().to_string()))
         .await;
+    // The page offers the recording once the call has ended.
+    h.state
+        .store
+        .call_ended(
+            "call-1",
+            crate::store::CallEnd {
+                ended_at: Utc::now(),
+                reason: "caller hung up".into(),
+                hangup_by: crate::store::HangupBy::Caller,
+                sip_status: Some(200),
+                stats: None,
+            },
+        )
+        .await;
     h.state.store.flush().await;
 
     let page = get(&h.app, "/calls/call-1", Some(&cookie)).await;
