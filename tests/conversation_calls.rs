@@ -12,35 +12,12 @@ use std::time::Duration;
 
 use frontdoor::media::g711;
 
+use common::db::query_rows;
+use common::speech::*;
 use common::*;
 
-const ASSISTANT_DIALPLAN: &str = r#"
-[[route]]
-name = "council"
-match.number = "*"
-actions = [{ assistant = { silence_reprompt_secs = 30 } }]
-"#;
-
 fn peers_and_models(test: &str) -> bool {
-    if !require_binaries(test, &["sipp", "sox"]) {
-        return false;
-    }
-    let missing: Vec<PathBuf> = frontdoor::config::Config::default()
-        .model_set()
-        .missing_files()
-        .into_iter()
-        .map(Path::to_path_buf)
-        .collect();
-    if !missing.is_empty() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: models missing under CI: {missing:?} (run `frontdoor models fetch`)");
-        }
-        eprintln!(
-            "*** SKIPPED {test}: models missing {missing:?}; run `frontdoor models fetch` ***"
-        );
-        return false;
-    }
-    true
+    require_binaries(test, &["sipp", "sox"]) && speech_models_present(test)
 }
 
 /// Each test runs real models (Whisper, Piper) against real timing: two at
@@ -53,32 +30,15 @@ fn one_call_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Speaks `text` with a neural voice (`frontdoor say`, Piper) into raw µ-law
-/// at 8 kHz, with silence around it: a caller's recorded question.
-fn caller_voice(dir: &Path, text: &str, lead_ms: u32, tail_ms: u32) -> PathBuf {
-    let wav = dir.join("q.wav");
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .arg("say")
-        .arg(text)
-        .arg("-o")
-        .arg(&wav)
-        .status()
-        .expect("frontdoor say");
-    assert!(status.success());
-    let ulaw = dir.join("q.ul");
-    let status = Command::new("sox")
-        .arg(&wav)
-        .args(["-r", "8000", "-c", "1", "-t", "ul"])
-        .arg(&ulaw)
-        .args([
-            "pad",
-            &format!("{:.3}", lead_ms as f64 / 1000.0),
-            &format!("{:.3}", tail_ms as f64 / 1000.0),
-        ])
-        .status()
-        .expect("sox");
-    assert!(status.success());
-    ulaw
+/// How every call test here starts: skipped without the peers and models,
+/// then this file's turn to call (held while the guard lives) and a scratch
+/// directory.
+fn start_call_test(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, tempfile::TempDir)> {
+    if !peers_and_models(test) {
+        return None;
+    }
+    let serial = one_call_at_a_time();
+    Some((serial, tempfile::tempdir().unwrap()))
 }
 
 /// Transcribes part of one channel of a recording with Frontdoor's Whisper.
@@ -108,33 +68,19 @@ fn transcribe_channel(recording: &Path, channel: u16, from_s: f32, to_s: f32) ->
 }
 
 fn turns(engine: &Engine) -> Vec<(String, String, Option<String>)> {
-    let db = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    query_rows(
+        &engine.db_path(),
+        "SELECT speaker, text, intent FROM turns ORDER BY rowid",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
-    .expect("open db");
-    let mut stmt = db
-        .prepare("SELECT speaker, text, intent FROM turns ORDER BY rowid")
-        .expect("turns table");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
 }
 
 fn audit_actions(engine: &Engine) -> Vec<String> {
-    let db = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    query_rows(
+        &engine.db_path(),
+        "SELECT action FROM audit_log ORDER BY seq",
+        |r| r.get(0),
     )
-    .expect("open db");
-    let mut stmt = db
-        .prepare("SELECT action FROM audit_log ORDER BY seq")
-        .expect("audit table");
-    stmt.query_map([], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
 }
 
 /// Linear RMS of each 20 ms frame of one channel.
@@ -145,28 +91,21 @@ fn frame_rms(recording: &Path, channel: u16) -> Vec<f32> {
 
 #[test]
 fn spoken_question_gets_the_right_spoken_answer() {
-    let test = "spoken_question_gets_the_right_spoken_answer";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) = start_call_test("spoken_question_gets_the_right_spoken_answer")
+    else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     // The greeting takes about 12 s; the caller waits for it, then asks,
     // at some length so that partial transcripts show while they talk.
-    let voice = caller_voice(
+    let voice = caller_voice_ulaw(
         dir.path(),
+        "q",
         "Hello there, could you please tell me which day my bin collection is?",
         15_000,
         30_000,
     );
-    let mut engine = Engine::builder()
-        .dialplans(&[("council.toml", ASSISTANT_DIALPLAN)])
-        .start();
-    let run = Sipp::new("uac_basic.xml", &engine.sip_target())
-        .audio(&voice)
-        .args(["-m", "1", "-d", "32000"])
-        .timeout(std::time::Duration::from_secs(90))
-        .run();
+    let mut engine = full_greeting_engine();
+    let run = call_with(&engine, &voice, 32_000);
     assert_sipp_ok(&run, &engine, "conversational call");
     let call = engine.wait_call_ended(run.call_ids.first().expect("call id"));
 
@@ -214,28 +153,22 @@ fn spoken_question_gets_the_right_spoken_answer() {
 
 #[test]
 fn caller_talking_over_the_greeting_stops_it_and_is_answered() {
-    let test = "caller_talking_over_the_greeting_stops_it_and_is_answered";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) =
+        start_call_test("caller_talking_over_the_greeting_stops_it_and_is_answered")
+    else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     // The caller speaks 3 s in, while the (12 s) greeting is still playing.
     let lead_ms = 3_000;
-    let voice = caller_voice(
+    let voice = caller_voice_ulaw(
         dir.path(),
+        "q",
         "I want to report a pothole on my road.",
         lead_ms,
         25_000,
     );
-    let mut engine = Engine::builder()
-        .dialplans(&[("council.toml", ASSISTANT_DIALPLAN)])
-        .start();
-    let run = Sipp::new("uac_basic.xml", &engine.sip_target())
-        .audio(&voice)
-        .args(["-m", "1", "-d", "20000"])
-        .timeout(std::time::Duration::from_secs(90))
-        .run();
+    let mut engine = full_greeting_engine();
+    let run = call_with(&engine, &voice, 20_000);
     assert_sipp_ok(&run, &engine, "barge-in call");
     let call = engine.wait_call_ended(run.call_ids.first().expect("call id"));
 
@@ -296,41 +229,15 @@ fn caller_talking_over_the_greeting_stops_it_and_is_answered() {
 // These calls use a knowledge base whose greeting is short (about 3 s), so
 // each call takes seconds rather than the full greeting's 12.
 
-const SHORT_GREETING: &str = "Hello, you're through to the city council. How can I help?";
-
 /// A copy of the knowledge base with a short greeting, and the config that uses it.
 fn short_greeting_config(dir: &Path) -> String {
-    let knowledge = dir.join("knowledge");
-    std::fs::create_dir_all(&knowledge).unwrap();
-    for entry in std::fs::read_dir(repo_root().join("knowledge")).unwrap() {
-        let entry = entry.unwrap();
-        let mut text = std::fs::read_to_string(entry.path()).unwrap();
-        if entry.file_name() == "assistant.toml" {
-            let start = text.find("greeting = ").expect("greeting line");
-            let end = start + text[start..].find('\n').expect("end of line");
-            text.replace_range(start..end, &format!("greeting = {SHORT_GREETING:?}"));
-        }
-        std::fs::write(knowledge.join(entry.file_name()), text).unwrap();
-    }
-    format!(
-        "[assistant]\nknowledge_dir = {:?}\ngovernance_file = {:?}\n",
-        knowledge.display().to_string(),
-        repo_root()
-            .join("governance/safeguarding.toml")
-            .display()
-            .to_string()
-    )
+    assistant_config_with_greeting(dir, SHORT_GREETING)
 }
 
 /// `text` spoken by Frontdoor's voice, as 8 kHz samples.
 fn spoken_8k(dir: &Path, text: &str) -> Vec<i16> {
     let wav = dir.join("say.wav");
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .args(["say", text, "-o"])
-        .arg(&wav)
-        .status()
-        .expect("frontdoor say");
-    assert!(status.success());
+    say_to_wav(text, &wav);
     let narrow = dir.join("say8k.wav");
     sox_convert(&wav, &narrow, 8000);
     let (_, samples) = read_wav_channel(&narrow, 0);
@@ -400,6 +307,13 @@ fn call_with(engine: &Engine, track: &Path, talk_ms: u32) -> SippRun {
         .run()
 }
 
+/// The assistant with the repository's own knowledge base (12 s greeting).
+fn full_greeting_engine() -> Engine {
+    Engine::builder()
+        .dialplans(&[("council.toml", ASSISTANT_DIALPLAN)])
+        .start()
+}
+
 fn assistant_engine(config: &str, dialplan: &str) -> Engine {
     Engine::builder()
         .config(config)
@@ -413,12 +327,11 @@ const QUESTION_AT_MS: u32 = 4_500;
 
 #[test]
 fn backchannels_a_cough_and_a_click_do_not_stop_the_answer() {
-    let test = "backchannels_a_cough_and_a_click_do_not_stop_the_answer";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) =
+        start_call_test("backchannels_a_cough_and_a_click_do_not_stop_the_answer")
+    else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     let config = short_greeting_config(dir.path());
     let question = spoken_8k(dir.path(), "When is my bin collection day?");
     let question_end = QUESTION_AT_MS + (question.len() / 8) as u32;
@@ -471,22 +384,14 @@ fn backchannels_a_cough_and_a_click_do_not_stop_the_answer() {
 
 #[test]
 fn frontdoors_own_echo_does_not_interrupt_it() {
-    let test = "frontdoors_own_echo_does_not_interrupt_it";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) = start_call_test("frontdoors_own_echo_does_not_interrupt_it") else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     let config = short_greeting_config(dir.path());
     // The caller's phone returns Frontdoor's greeting 120 ms late at -10 dB
     // (sox does the level and the delay), then the caller asks a question.
     let greeting_wav = dir.path().join("greeting.wav");
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .args(["say", SHORT_GREETING, "-o"])
-        .arg(&greeting_wav)
-        .status()
-        .expect("frontdoor say");
-    assert!(status.success());
+    say_to_wav(SHORT_GREETING, &greeting_wav);
     let echo_wav = dir.path().join("echo.wav");
     let status = Command::new("sox")
         .arg(&greeting_wav)
@@ -642,12 +547,10 @@ fn pressing_zero_reaches_the_request_for_a_person() {
 
 #[test]
 fn silence_gets_a_reprompt_then_a_polite_goodbye() {
-    let test = "silence_gets_a_reprompt_then_a_polite_goodbye";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) = start_call_test("silence_gets_a_reprompt_then_a_polite_goodbye")
+    else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     let config = short_greeting_config(dir.path());
     let dialplan = r#"
 [[route]]
@@ -689,12 +592,10 @@ actions = [{ assistant = { silence_reprompt_secs = 3, max_reprompts = 1 } }]
 
 #[test]
 fn caller_hanging_up_mid_answer_tears_down_cleanly() {
-    let test = "caller_hanging_up_mid_answer_tears_down_cleanly";
-    if !peers_and_models(test) {
+    let Some((_serial, dir)) = start_call_test("caller_hanging_up_mid_answer_tears_down_cleanly")
+    else {
         return;
-    }
-    let _serial = one_call_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
+    };
     let config = short_greeting_config(dir.path());
     let question = spoken_8k(dir.path(), "When is my bin collection day?");
     let mut track = CallerTrack::silent_for(QUESTION_AT_MS + 20_000);

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::dashboard::embedded_token;
 use common::*;
 
 const SUE_PASSWORD: &str = "sue-Correct-Horse-1";
@@ -263,18 +264,6 @@ fn form_encode(value: &str) -> String {
         }
     }
     out
-}
-
-/// The `content` of `<meta name="csrf-token">` or the `value` of the
-/// hidden `csrf` input, whichever the page has.
-fn embedded_token(body: &str) -> Option<String> {
-    for marker in ["name=\"csrf-token\" content=\"", "name=\"csrf\" value=\""] {
-        if let Some(start) = body.find(marker) {
-            let rest = &body[start + marker.len()..];
-            return rest.split('"').next().map(str::to_owned);
-        }
-    }
-    None
 }
 
 // ------------------------------------------------------------------ login

@@ -27,6 +27,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::db::{open_read_only, rows_of, timestamp};
+use common::speech::*;
 use common::*;
 use handoff_support::{Baresip, write_wav};
 
@@ -200,22 +202,6 @@ const ROUTINE_SCENARIO: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 "#;
 
-/// `frontdoor say` (Piper) at 8 kHz: a caller's recorded sentence.
-fn spoken(dir: &Path, name: &str, text: &str) -> Vec<f32> {
-    let wav = dir.join(format!("{name}-said.wav"));
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .arg("say")
-        .arg(text)
-        .arg("-o")
-        .arg(&wav)
-        .status()
-        .expect("run frontdoor say");
-    assert!(status.success(), "frontdoor say {text:?} failed");
-    let (rate, samples) = read_wav_channel(&wav, 0);
-    assert_eq!(rate, 8000, "frontdoor say writes 8 kHz by default");
-    samples
-}
-
 /// Raw µ-law for SIPp: silence, the sentence, then a long silence so the
 /// looping stream does not repeat the sentence within the call.
 fn caller_audio(dir: &Path, name: &str, sentence: &[f32], lead_ms: u32, tail_ms: u32) -> PathBuf {
@@ -224,24 +210,6 @@ fn caller_audio(dir: &Path, name: &str, sentence: &[f32], lead_ms: u32, tail_ms:
     let ulaw = dir.join(format!("{name}.ul"));
     sox_to_ulaw(&wav, &ulaw);
     ulaw
-}
-
-fn models_present() -> bool {
-    let missing = frontdoor::config::Config::default()
-        .model_set()
-        .missing_files()
-        .into_iter()
-        .map(Path::to_path_buf)
-        .collect::<Vec<_>>();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{TEST}: models missing under CI: {missing:?} (run `frontdoor models fetch`)"
-    );
-    eprintln!("*** SKIPPED {TEST}: models missing {missing:?}; run `frontdoor models fetch` ***");
-    false
 }
 
 fn playwright_installed() -> bool {
@@ -275,34 +243,22 @@ impl std::fmt::Debug for AuditRow {
     }
 }
 
-fn ts(rfc3339: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .unwrap_or_else(|e| panic!("timestamp {rfc3339:?}: {e}"))
-        .to_utc()
-}
-
 fn audit(engine: &Engine) -> Vec<AuditRow> {
-    let db = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
+    let db = open_read_only(&engine.db_path());
     db.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
-    let mut stmt = db
-        .prepare("SELECT at, actor, action, call_id FROM audit_log ORDER BY seq")
-        .expect("audit query");
-    stmt.query_map([], |r| {
-        Ok(AuditRow {
-            at: r.get(0)?,
-            actor: r.get(1)?,
-            action: r.get(2)?,
-            call_id: r.get(3)?,
-        })
-    })
-    .expect("query")
-    .collect::<Result<_, _>>()
-    .expect("audit rows")
+    rows_of(
+        &db,
+        "SELECT at, actor, action, call_id FROM audit_log ORDER BY seq",
+        |r| {
+            Ok(AuditRow {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                call_id: r.get(3)?,
+            })
+        },
+    )
 }
 
 /// The browser script's process, killed if the test panics first so no
@@ -355,7 +311,7 @@ fn dashboard_end_to_end_in_headless_chromium() {
     if !require_binaries(TEST, &["sipp", "baresip", "sox", "chromium", "node"]) {
         return;
     }
-    if !models_present() || !playwright_installed() {
+    if !speech_models_present(TEST) || !playwright_installed() {
         return;
     }
     let work = tempfile::Builder::new()
@@ -366,14 +322,14 @@ fn dashboard_end_to_end_in_headless_chromium() {
     let routine_audio = caller_audio(
         work.path(),
         "routine",
-        &spoken(work.path(), "routine", ROUTINE_SENTENCE),
+        &spoken_8k_samples(work.path(), "routine", ROUTINE_SENTENCE),
         3000,
         ROUTINE_MAX_MS,
     );
     let distress_audio = caller_audio(
         work.path(),
         "distress",
-        &spoken(work.path(), "distress", DISTRESS_SENTENCE),
+        &spoken_8k_samples(work.path(), "distress", DISTRESS_SENTENCE),
         3000,
         DISTRESS_CALL_MS,
     );
@@ -395,11 +351,7 @@ fn dashboard_end_to_end_in_headless_chromium() {
 
     // The agent answers every call and stays on the line: baresip closes a
     // call when its source file ends, so the file is minutes long.
-    let (_, agent_voice) = {
-        let wav = work.path().join("agent_src.wav");
-        sox_convert(&fixture("greeting_16k.wav"), &wav, 8000);
-        read_wav_channel(&wav, 0)
-    };
+    let agent_voice = greeting_fixture_8k();
     let agent_wav = work.path().join("agent.wav");
     write_wav(&agent_wav, 2000, &agent_voice, 400_000);
     let mut agent = Baresip::agent(AGENT, AGENT_PASSWORD, engine.sip_port, &agent_wav);
@@ -572,11 +524,11 @@ fn dashboard_end_to_end_in_headless_chromium() {
     }
     // The live call view may fetch the recording too; history's playback
     // comes after the call ended and must be audited on its own.
-    let ended = ts(routine.ended_at.as_deref().expect("routine call ended_at"));
+    let ended = timestamp(routine.ended_at.as_deref().expect("routine call ended_at"));
     assert!(
         on_routine_by_sue
             .iter()
-            .any(|e| e.action == "play_recording" && ts(&e.at) >= ended),
+            .any(|e| e.action == "play_recording" && timestamp(&e.at) >= ended),
         "playing the recording from history (after {ended}) was not audited: {entries:#?}"
     );
     assert!(

@@ -6,10 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use common::db::{open_read_only, rows_of};
+use common::speech::*;
 use common::*;
 
 /// Luhn-valid (checked by `the_test_card_number_is_luhn_valid`).
@@ -17,93 +18,22 @@ const CARD: &str = "4929123456789015";
 /// How the caller says it: digit by digit, in groups, as people read a card.
 const CALLER_SAYS: &str = "My card number is four nine two nine, one two three four, five six seven eight, nine zero one five.";
 
-const ASSISTANT_DIALPLAN: &str = r#"
-[[route]]
-name = "council"
-match.number = "*"
-actions = [{ assistant = { silence_reprompt_secs = 30 } }]
-"#;
-
-const SHORT_GREETING: &str = "Hello, you're through to the city council. How can I help?";
-
 /// When the caller starts speaking: the short greeting is over by then.
 const SPEAKS_AT_MS: u32 = 4_500;
 
 fn peers_and_models(test: &str) -> bool {
-    if !require_binaries(test, &["sipp", "sox"]) {
-        return false;
-    }
-    let missing: Vec<PathBuf> = frontdoor::config::Config::default()
-        .model_set()
-        .missing_files()
-        .into_iter()
-        .map(Path::to_path_buf)
-        .collect();
-    if !missing.is_empty() {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: models missing under CI: {missing:?} (run `frontdoor models fetch`)");
-        }
-        eprintln!(
-            "*** SKIPPED {test}: models missing {missing:?}; run `frontdoor models fetch` ***"
-        );
-        return false;
-    }
-    true
+    require_binaries(test, &["sipp", "sox"]) && speech_models_present(test)
 }
 
 /// A copy of the knowledge base with a short greeting (the call takes
 /// seconds instead of the full greeting's 12), and the config that uses it,
 /// with every kind of redaction on.
 fn config(dir: &Path) -> String {
-    let knowledge = dir.join("knowledge");
-    std::fs::create_dir_all(&knowledge).unwrap();
-    for entry in std::fs::read_dir(repo_root().join("knowledge")).unwrap() {
-        let entry = entry.unwrap();
-        let mut text = std::fs::read_to_string(entry.path()).unwrap();
-        if entry.file_name() == "assistant.toml" {
-            let start = text.find("greeting = ").expect("greeting line");
-            let end = start + text[start..].find('\n').expect("end of line");
-            text.replace_range(start..end, &format!("greeting = {SHORT_GREETING:?}"));
-        }
-        std::fs::write(knowledge.join(entry.file_name()), text).unwrap();
-    }
     format!(
-        "[assistant]\nknowledge_dir = {:?}\ngovernance_file = {:?}\n\n\
+        "{}\n\
          [governance]\nredact = [\"card\", \"sort_code\", \"account_number\", \"ni_number\", \"phone\", \"email\"]\n",
-        knowledge.display().to_string(),
-        repo_root()
-            .join("governance/safeguarding.toml")
-            .display()
-            .to_string()
+        assistant_config_with_greeting(dir, SHORT_GREETING)
     )
-}
-
-/// `text` in Frontdoor's own neural voice, as raw 8 kHz µ-law with
-/// `lead_ms` of silence before and `tail_ms` after: the caller's side.
-fn caller_voice(dir: &Path, text: &str, lead_ms: u32, tail_ms: u32) -> PathBuf {
-    let wav = dir.join("caller.wav");
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .arg("say")
-        .arg(text)
-        .arg("-o")
-        .arg(&wav)
-        .status()
-        .expect("frontdoor say");
-    assert!(status.success(), "frontdoor say failed");
-    let ulaw = dir.join("caller.ul");
-    let status = Command::new("sox")
-        .arg(&wav)
-        .args(["-r", "8000", "-c", "1", "-t", "ul"])
-        .arg(&ulaw)
-        .args([
-            "pad",
-            &format!("{:.3}", f64::from(lead_ms) / 1000.0),
-            &format!("{:.3}", f64::from(tail_ms) / 1000.0),
-        ])
-        .status()
-        .expect("sox");
-    assert!(status.success(), "sox failed");
-    ulaw
 }
 
 /// Length of a raw 8 kHz µ-law file in milliseconds.
@@ -114,8 +44,7 @@ fn ulaw_ms(path: &Path) -> u32 {
 
 /// Every text column Frontdoor writes, as (where, text).
 fn stored_texts(db: &Path) -> Vec<(String, String)> {
-    let db = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("open db");
+    let db = open_read_only(db);
     let mut texts = Vec::new();
     for (table, sql) in [
         (
@@ -135,12 +64,7 @@ fn stored_texts(db: &Path) -> Vec<(String, String)> {
             "SELECT kind || ': ' || details_json FROM requests",
         ),
     ] {
-        let mut stmt = db.prepare(sql).expect(table);
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .expect("query")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("rows");
+        let rows: Vec<String> = rows_of(&db, sql, |r| r.get(0));
         texts.extend(rows.into_iter().map(|t| (table.to_string(), t)));
     }
     texts
@@ -254,7 +178,7 @@ fn a_card_number_read_out_is_redacted_in_transcript_database_and_logs() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let voice = caller_voice(dir.path(), CALLER_SAYS, SPEAKS_AT_MS, 12_000);
+    let voice = caller_voice_ulaw(dir.path(), "caller", CALLER_SAYS, SPEAKS_AT_MS, 12_000);
     let mut engine = Engine::builder()
         .config(&config)
         .dialplans(&[("council.toml", ASSISTANT_DIALPLAN)])

@@ -8,10 +8,10 @@
 mod common;
 mod handoff_support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::db::{query_rows, timestamp};
+use common::speech::*;
 use common::*;
 use handoff_support::{Baresip, write_wav};
 
@@ -35,55 +35,22 @@ match.number = "*"
 actions = [{ assistant = { silence_reprompt_secs = 60 } }]
 "#;
 
-/// A neural voice (`frontdoor say`) for the caller's sentence, 8 kHz samples.
-fn spoken(dir: &Path, text: &str) -> Vec<f32> {
-    let wav = dir.join("said.wav");
-    let status = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
-        .arg("say")
-        .arg(text)
-        .arg("-o")
-        .arg(&wav)
-        .status()
-        .expect("frontdoor say");
-    assert!(status.success());
-    read_wav_channel(&wav, 0).1
-}
-
+/// (at, action, detail) of every audit entry, in order.
 fn audit(engine: &Engine) -> Vec<(String, String, String)> {
-    let db = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    query_rows(
+        &engine.db_path(),
+        "SELECT at, action, detail FROM audit_log ORDER BY seq",
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
-    .expect("open db");
-    let mut stmt = db
-        .prepare("SELECT at, action, detail FROM audit_log ORDER BY seq")
-        .expect("audit");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
 }
 
 /// (speaker, text) of every stored turn, in order.
 fn turns(engine: &Engine) -> Vec<(String, String)> {
-    let db = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    query_rows(
+        &engine.db_path(),
+        "SELECT speaker, text FROM turns ORDER BY rowid",
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
-    .expect("open db");
-    let mut stmt = db
-        .prepare("SELECT speaker, text FROM turns ORDER BY rowid")
-        .expect("turns");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
-}
-
-fn ts(s: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .expect("timestamp")
-        .to_utc()
 }
 
 #[test]
@@ -92,30 +59,18 @@ fn distressed_caller_reaches_a_registered_agent_with_audio_both_ways() {
     if !require_binaries(test, &["sipp", "baresip", "sox"]) {
         return;
     }
-    if !frontdoor::config::Config::default()
-        .model_set()
-        .missing_files()
-        .is_empty()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: models missing under CI"
-        );
-        eprintln!("*** SKIPPED {test}: run `frontdoor models fetch` ***");
+    if !speech_models_present(test) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let sentence = spoken(
+    let sentence = spoken_8k_samples(
         work.path(),
+        "sentence",
         "I can't cope any more. I just want it all to end.",
     );
     let sentence_ms = sentence.len() as u32 / 8;
-    let (_, later_speech) = read_wav_channel(&fixture("speech_8k.wav"), 0);
-    let (_, agent_voice) = {
-        let wav = work.path().join("agent_src.wav");
-        sox_convert(&fixture("greeting_16k.wav"), &wav, 8000);
-        read_wav_channel(&wav, 0)
-    };
+    let later_speech = speech_fixture_8k();
+    let agent_voice = greeting_fixture_8k();
 
     // Caller: speaks over the greeting 3 s in, waits, then talks to the agent.
     let lead_ms = 3000;
@@ -174,11 +129,11 @@ fn distressed_caller_reaches_a_registered_agent_with_audio_both_ways() {
     );
 
     // The agent's phone rang soon after the sentence ended.
-    let answered = ts(call.answered_at.as_deref().expect("answered"));
+    let answered = timestamp(call.answered_at.as_deref().expect("answered"));
     let requested = entries
         .iter()
         .find(|e| e.1 == "handoff_requested")
-        .map(|e| ts(&e.0))
+        .map(|e| timestamp(&e.0))
         .expect("handoff_requested");
     let sentence_end = answered + chrono::Duration::milliseconds(i64::from(lead_ms + sentence_ms));
     let ring_after = (requested - sentence_end).num_milliseconds();
@@ -201,7 +156,7 @@ fn distressed_caller_reaches_a_registered_agent_with_audio_both_ways() {
     let connected = entries
         .iter()
         .find(|e| e.1 == "handoff_connected")
-        .map(|e| ts(&e.0))
+        .map(|e| timestamp(&e.0))
         .expect("handoff_connected");
     let from = ((connected - answered).num_milliseconds().max(0) as usize * rate as usize / 1000)
         .min(to_caller.len());

@@ -10,6 +10,7 @@ mod handoff_support;
 
 use std::time::Duration;
 
+use common::speech::{greeting_fixture_8k, speech_fixture_8k};
 use common::*;
 use frontdoor::answer::{Priority, TransferReason};
 use frontdoor::handoff::{AgentState, TransferOutcome};
@@ -44,17 +45,6 @@ async fn wait_state(board: &Switchboard, agent: &str, state: AgentState, within:
     false
 }
 
-fn speech() -> Vec<f32> {
-    read_wav_channel(&fixture("speech_8k.wav"), 0).1
-}
-
-fn greeting() -> Vec<f32> {
-    let work = tempfile::tempdir().unwrap();
-    let path = work.path().join("greeting_8k.wav");
-    sox_convert(&fixture("greeting_16k.wav"), &path, 8000);
-    read_wav_channel(&path, 0).1
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distressed_caller_is_bridged_to_a_registered_agent_with_audio_both_ways() {
     if !require_binaries("handoff bridge", &["baresip", "sox"]) {
@@ -66,7 +56,7 @@ async fn distressed_caller_is_bridged_to_a_registered_agent_with_audio_both_ways
     )
     .await;
     let work = tempfile::tempdir().unwrap();
-    let (caller_speech, agent_speech) = (speech(), greeting());
+    let (caller_speech, agent_speech) = (speech_fixture_8k(), greeting_fixture_8k());
     let speech_ms = caller_speech.len() as u32 / 8;
     let agent_ms = agent_speech.len() as u32 / 8;
     // The agent answers, hears the summary (1 s tone), then says its piece
@@ -173,7 +163,7 @@ async fn busy_agents_queue_the_caller_with_hold_audio_until_one_frees() {
     .await;
     let work = tempfile::tempdir().unwrap();
     let agent_wav = work.path().join("agent.wav");
-    write_wav(&agent_wav, 2000, &greeting(), 1000);
+    write_wav(&agent_wav, 2000, &greeting_fixture_8k(), 1000);
     let caller_wav = work.path().join("caller.wav");
     write_wav(&caller_wav, 60_000, &[], 0);
     let agent = Baresip::agent("agent1", "correct-horse-9", board.port, &agent_wav);

@@ -13,11 +13,11 @@
 mod common;
 mod handoff_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::dashboard::{self, http};
+use common::speech::{greeting_fixture_8k, speech_fixture_8k};
 use common::*;
 use handoff_support::*;
 
@@ -56,115 +56,10 @@ actions = [
 ]
 "#;
 
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Response {
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            if !key.trim().eq_ignore_ascii_case("set-cookie") {
-                return None;
-            }
-            let (cookie, rest) = value.trim().split_once('=')?;
-            (cookie == name).then(|| rest.split(';').next().unwrap_or("").to_owned())
-        })
-    }
-}
-
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad response {head:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Response {
-        status,
-        head: head.to_owned(),
-        body: if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    }
-}
-
-fn dechunk(mut data: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = data.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        data = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn embedded_token(body: &str) -> Option<String> {
-    ["name=\"csrf-token\" content=\"", "name=\"csrf\" value=\""]
-        .iter()
-        .find_map(|marker| {
-            let start = body.find(marker)? + marker.len();
-            body[start..].split('"').next().map(str::to_owned)
-        })
-}
-
 /// Logs in as sue: the session cookie header and the CSRF token.
 fn login(port: u16) -> (String, String) {
-    let form = http(port, "GET", "/login", &[], "");
-    let form_cookie = form
-        .cookie("frontdoor_login_csrf")
-        .expect("login form cookie");
-    let field = embedded_token(&form.body).expect("login form token");
-    let cookie = format!("frontdoor_login_csrf={form_cookie}");
-    let body = format!("username=sue&password={SUE_PASSWORD}&csrf={field}&next=%2F");
-    let response = http(
-        port,
-        "POST",
-        "/login",
-        &[
-            ("Cookie", &cookie),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        &body,
-    );
-    assert_eq!(response.status, 303, "login: {}", response.head);
-    let session = format!(
-        "frontdoor_session={}",
-        response
-            .cookie("frontdoor_session")
-            .expect("session cookie")
-    );
-    let board = http(port, "GET", "/", &[("Cookie", &session)], "");
-    assert_eq!(board.status, 200, "board: {}", board.head);
-    let csrf = embedded_token(&board.body).expect("the board embeds the CSRF token");
-    (session, csrf)
+    let (session, csrf) = dashboard::login(port, "sue", SUE_PASSWORD);
+    (format!("frontdoor_session={session}"), csrf)
 }
 
 /// agent1's state as `/api/live` shows it.
@@ -232,17 +127,6 @@ async fn wait_rows(engine: &Engine, sql: &str, within: Duration) -> Vec<Vec<Stri
     }
 }
 
-fn speech() -> Vec<f32> {
-    read_wav_channel(&fixture("speech_8k.wav"), 0).1
-}
-
-fn greeting() -> Vec<f32> {
-    let work = tempfile::tempdir().unwrap();
-    let path = work.path().join("greeting_8k.wav");
-    sox_convert(&fixture("greeting_16k.wav"), &path, 8000);
-    read_wav_channel(&path, 0).1
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialplan_transfer_bridges_to_a_registered_agent_whose_state_people_set() {
     if !require_binaries("handoff dialplan", &["baresip", "sox", "sipp"]) {
@@ -259,7 +143,7 @@ async fn a_dialplan_transfer_bridges_to_a_registered_agent_whose_state_people_se
     let (session, csrf) = login(port);
 
     let work = tempfile::tempdir().unwrap();
-    let (caller_speech, agent_speech) = (speech(), greeting());
+    let (caller_speech, agent_speech) = (speech_fixture_8k(), greeting_fixture_8k());
     let speech_ms = caller_speech.len() as u32 / 8;
     let agent_ms = agent_speech.len() as u32 / 8;
     // The agent greets the caller, listens, holds and resumes, and hangs

@@ -5,6 +5,11 @@
 //! so unused-item warnings here are noise.
 #![allow(dead_code)]
 
+pub mod baresip;
+pub mod dashboard;
+pub mod db;
+pub mod speech;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
