@@ -431,6 +431,76 @@ fn transfers_to_queues_the_configuration_lacks_are_refused_with_file_and_line() 
 }
 
 #[test]
+fn queues_defined_in_dialplan_files_are_served_and_defining_one_twice_is_refused() {
+    // Agents and their credentials stay in config.toml; the queue lives
+    // with the routes that use it, hold music relative to the file.
+    let config = "[handoff]\n[[handoff.agent]]\nid = \"agent1\"\npassword = \"pw\"\n";
+    let route = "[[route]]\nname = \"main\"\nmatch.number = \"*\"\nactions = [\n  { transfer = { queue = \"billing\" } },\n]\n";
+    let queue = "[[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\nhold_music = \"prompts/greeting_16k.wav\"\n";
+    let mut engine = Engine::builder()
+        .config(config)
+        .dialplans(&[("main.toml", route), ("queues.toml", queue)])
+        .start();
+    // The hand-off started with the dialplan's queue: it has a depth gauge.
+    let metrics = http(engine.http_port, "GET", "/metrics", &[], "");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("queue=\"billing\""),
+        "{}",
+        metrics.body
+    );
+    engine.assert_alive("serving a dialplan-defined queue");
+    engine.stop();
+
+    let check = |config_path: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_frontdoor"))
+            .args(["--config".as_ref(), config_path.as_os_str()])
+            .args([
+                "dialplan".as_ref(),
+                "check".as_ref(),
+                engine.dirs.dialplans.as_os_str(),
+            ])
+            .output()
+            .expect("run frontdoor");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = check(&engine.dirs.config);
+    assert!(ok, "{out}");
+
+    // Defined again in a second dialplan file: refused at its line,
+    // naming where it was defined first.
+    let again = engine.dirs.dialplans.join("zz-again.toml");
+    std::fs::write(&again, format!("# again\n{queue}")).unwrap();
+    let (ok, out) = check(&engine.dirs.config);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("zz-again.toml:2: queue \"billing\" is already defined in"),
+        "{out}"
+    );
+    assert!(out.contains("queues.toml:1"), "{out}");
+    std::fs::remove_file(&again).unwrap();
+
+    // Defined in config.toml as well.
+    let both = engine.dirs.root.path().join("both.toml");
+    std::fs::write(
+        &both,
+        format!("{config}[[handoff.queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\n"),
+    )
+    .unwrap();
+    let (ok, out) = check(&both);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("queues.toml:1: queue \"billing\" is already defined in config.toml"),
+        "{out}"
+    );
+}
+
+#[test]
 fn refer_queues_and_uri_transfers_hand_the_call_away_by_refer() {
     if !require_binaries("handoff dialplan refer", &["sipp"]) {
         return;

@@ -23,9 +23,9 @@
 //! closed_actions = [ { play = "prompts/closed.wav" }, { hangup = {} } ]
 //! ```
 //!
-//! Sending callers straight to people (queues and agents are configured in
-//! `[handoff]` of config.toml; [`Dialplan::check_handoff`] checks that every
-//! name used here exists there):
+//! Sending callers straight to people (agents are configured in `[handoff]`
+//! of config.toml, queues there or in a dialplan file's `[[queue]]`;
+//! [`Dialplan::check_handoff`] checks that every name used here exists):
 //!
 //! ```toml
 //! actions = [
@@ -35,6 +35,23 @@
 //!   { transfer = { queue = "general", unavailable = "prompts/no-one.wav" } },
 //!   { record = { max_secs = 60 } },                        # runs when nobody took the call
 //! ]
+//! ```
+//!
+//! A queue can live with the routes that use it, with exactly the fields of
+//! config.toml's `[[handoff.queue]]`. Its members are config.toml agents
+//! (credentials never belong here), its name is defined once across the
+//! files and config.toml, and `hold_music` is relative to the file, like
+//! prompts ([`Dialplan::handoff_with_queues`] merges it at start-up):
+//!
+//! ```toml
+//! [[queue]]
+//! name = "billing"
+//! members = ["agent1", "agent2"]
+//! strategy = "ring_all"
+//! max_wait_secs = 120
+//! overflow = "general"                 # a queue from either place
+//! hours = ["mon-fri 09:00-17:00"]
+//! hold_music = "prompts/hold.wav"
 //! ```
 
 mod hours;
@@ -50,7 +67,7 @@ use toml::Spanned;
 pub use hours::{OpeningHours, WeeklyWindow};
 
 use crate::config::line_col;
-use crate::handoff::HandoffSection;
+use crate::handoff::{HandoffSection, QueueSpec};
 
 /// Decoded 8 kHz mono audio shared by every call that plays it.
 pub type Samples = Arc<[i16]>;
@@ -90,6 +107,10 @@ impl DialplanError {
 struct FileSpec {
     #[serde(default)]
     route: Vec<RouteSpec>,
+    /// Queues with exactly `[[handoff.queue]]`'s fields; their members are
+    /// agents from config.toml, which keeps the credentials.
+    #[serde(default)]
+    queue: Vec<Spanned<QueueSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -292,9 +313,20 @@ impl Route {
     }
 }
 
+/// A `[[queue]]` from a dialplan file, kept with where it was written so
+/// that checks against the configuration can name the file and line.
+#[derive(Debug, Clone)]
+pub struct DialplanQueue {
+    /// `hold_music` is already resolved against the file's directory.
+    pub spec: QueueSpec,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Dialplan {
     pub routes: Vec<Route>,
+    pub queues: Vec<DialplanQueue>,
 }
 
 impl Dialplan {
@@ -328,8 +360,23 @@ impl Dialplan {
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| DialplanError::file(&file, format!("cannot read: {e}")))?;
-            plan.routes
-                .extend(parse_file(&file, &text, &mut *load_prompt)?);
+            let (routes, queues) = parse_file(&file, &text, &mut *load_prompt)?;
+            plan.routes.extend(routes);
+            for queue in queues {
+                if let Some(first) = plan.queues.iter().find(|q| q.spec.name == queue.spec.name) {
+                    return Err(DialplanError::At {
+                        path: queue.file,
+                        line: queue.line,
+                        message: format!(
+                            "queue {:?} is already defined in {}:{}",
+                            queue.spec.name,
+                            first.file.display(),
+                            first.line
+                        ),
+                    });
+                }
+                plan.queues.push(queue);
+            }
         }
         if plan.routes.is_empty() {
             return Err(DialplanError::file(
@@ -347,6 +394,59 @@ impl Dialplan {
             }
         }
         Ok(plan)
+    }
+
+    /// The `[handoff]` section the engine runs with: config.toml's queues
+    /// followed by this dialplan's. A queue name defined in both places, a
+    /// member that is not a config.toml agent, or a queue the hand-off
+    /// would refuse is an error at the queue's file and line.
+    pub fn handoff_with_queues(
+        &self,
+        handoff: &HandoffSection,
+    ) -> Result<HandoffSection, DialplanError> {
+        let mut merged = handoff.clone();
+        for queue in &self.queues {
+            let at = |message: String| DialplanError::At {
+                path: queue.file.clone(),
+                line: queue.line,
+                message,
+            };
+            let name = &queue.spec.name;
+            if handoff.queue.iter().any(|q| q.name == *name) {
+                return Err(at(format!(
+                    "queue {name:?} is already defined in config.toml [[handoff.queue]]"
+                )));
+            }
+            if let Some(unknown) = queue
+                .spec
+                .members
+                .iter()
+                .find(|m| !handoff.agent.iter().any(|a| a.id == **m))
+            {
+                let agents: Vec<&str> = handoff.agent.iter().map(|a| a.id.as_str()).collect();
+                return Err(at(format!(
+                    "queue {name:?}: member {unknown:?} is not a [[handoff.agent]] in config.toml (agents: {})",
+                    if agents.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        agents.join(", ")
+                    }
+                )));
+            }
+            merged.queue.push(queue.spec.clone());
+        }
+        // Overflows may name queues from either place, so the rest of the
+        // checks run once every queue is known.
+        for queue in &self.queues {
+            merged
+                .check_queue(&queue.spec)
+                .map_err(|message| DialplanError::At {
+                    path: queue.file.clone(),
+                    line: queue.line,
+                    message,
+                })?;
+        }
+        Ok(merged)
     }
 
     /// Checks every `transfer` action against the `[handoff]`
@@ -385,7 +485,7 @@ fn parse_file(
     path: &Path,
     text: &str,
     load_prompt: &mut dyn FnMut(&Path) -> Result<Samples, String>,
-) -> Result<Vec<Route>, DialplanError> {
+) -> Result<(Vec<Route>, Vec<DialplanQueue>), DialplanError> {
     let spec: FileSpec = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         DialplanError::at(path, text, span, e.message().trim().to_string())
@@ -451,7 +551,38 @@ fn parse_file(
             hours,
         });
     }
-    Ok(routes)
+    let mut queues = Vec::with_capacity(spec.queue.len());
+    for queue in spec.queue {
+        let span = queue.span();
+        let mut queue_spec = queue.into_inner();
+        let err = |m: String| DialplanError::at(path, text, span.clone(), m);
+        if queue_spec.name.trim().is_empty() {
+            return Err(err("queue name is empty".into()));
+        }
+        if let Some(music) = &queue_spec.hold_music {
+            // Like prompts: relative to the dialplan file, and decoded now
+            // so that a missing file is this line's error, not start-up's.
+            let resolved = if music.is_absolute() {
+                music.clone()
+            } else {
+                base.join(music)
+            };
+            load_prompt(&resolved).map_err(|m| {
+                err(format!(
+                    "queue {:?}: hold_music {:?}: {m}",
+                    queue_spec.name,
+                    music.display().to_string()
+                ))
+            })?;
+            queue_spec.hold_music = Some(resolved);
+        }
+        queues.push(DialplanQueue {
+            spec: queue_spec,
+            file: path.to_path_buf(),
+            line: line_col(text, span.start).0,
+        });
+    }
+    Ok((routes, queues))
 }
 
 fn compile_actions(
@@ -610,14 +741,14 @@ fn check_transfer(transfer: &TransferAction, handoff: &HandoffSection) -> Result
     let queues: Vec<&str> = handoff.queue.iter().map(|q| q.name.as_str()).collect();
     if queues.is_empty() {
         return Err(
-            "transfer needs hand-off queues, and config.toml [handoff] defines none".into(),
+            "transfer needs hand-off queues; config.toml [handoff] defines none and no dialplan file has a [[queue]]".into(),
         );
     }
     if let Some(queue) = &transfer.queue
         && !queues.contains(&queue.as_str())
     {
         return Err(format!(
-            "transfer queue {queue:?} is not a [[handoff.queue]] in config.toml (queues: {})",
+            "transfer queue {queue:?} is neither a [[handoff.queue]] in config.toml nor a dialplan [[queue]] (queues: {})",
             queues.join(", ")
         ));
     }
@@ -885,6 +1016,162 @@ actions = [
                 other => panic!("expected a line, got {other}"),
             }
         }
+    }
+
+    /// Several files in one dialplan directory, loaded like `load_str`.
+    fn load_files(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Dialplan, DialplanError>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let plan = Dialplan::load(dir.path(), &mut |p| {
+            if p.to_string_lossy().contains("missing") {
+                Err("file not found".into())
+            } else {
+                ok_prompt(p)
+            }
+        });
+        (dir, plan)
+    }
+
+    const ROUTE_TO_BILLING: &str =
+        "[[route]]\nname = \"main\"\nactions = [{ transfer = { queue = \"billing\" } }]\n";
+
+    #[test]
+    fn dialplan_queues_parse_and_merge_into_the_configured_handoff() {
+        let (dir, plan) = load_files(&[
+            ("main.toml", ROUTE_TO_BILLING),
+            (
+                "queues.toml",
+                "# billing team\n\n[[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\n\
+                 strategy = \"ring_all\"\nring_timeout_secs = 20\nmax_wait_secs = 120\n\
+                 overflow = \"general\"\nhours = [\"mon-fri 09:00-17:00\"]\n\
+                 closed_message = \"Billing is closed.\"\nhold_music = \"music/hold.wav\"\n",
+            ),
+        ]);
+        let plan = plan.unwrap();
+        assert_eq!(plan.queues.len(), 1);
+        let queue = &plan.queues[0];
+        assert_eq!(queue.line, 3, "the [[queue]] header's line");
+        assert!(queue.file.ends_with("queues.toml"));
+        assert_eq!(queue.spec.strategy, crate::handoff::RingStrategy::RingAll);
+        assert_eq!(queue.spec.max_wait_secs, Some(120));
+        assert_eq!(queue.spec.overflow.as_deref(), Some("general"));
+        // Hold music is relative to the dialplan file, like prompts.
+        assert_eq!(
+            queue.spec.hold_music.as_deref(),
+            Some(dir.path().join("music/hold.wav").as_path())
+        );
+
+        // Without the queue the transfer is refused; merged it is accepted,
+        // after config.toml's own queues.
+        assert!(plan.check_handoff(&handoff(HANDOFF)).is_err());
+        let merged = plan.handoff_with_queues(&handoff(HANDOFF)).unwrap();
+        let names: Vec<&str> = merged.queue.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["general", "billing"]);
+        merged.validate().unwrap();
+        plan.check_handoff(&merged).unwrap();
+    }
+
+    #[test]
+    fn a_missing_hold_music_file_names_the_queue_line() {
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            "[[route]]\nname = \"main\"\nactions = [{ hangup = {} }]\n\n\
+             [[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\nhold_music = \"missing.wav\"\n",
+        )]);
+        let err = plan.unwrap_err();
+        assert!(err.to_string().contains("main.toml:5:"), "{err}");
+        assert!(err.to_string().contains("missing.wav"), "{err}");
+    }
+
+    #[test]
+    fn a_queue_defined_twice_is_refused_with_both_places() {
+        let queue = "[[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\n";
+        // Two dialplan files: the later one (by name) is the error.
+        let (_dir, plan) = load_files(&[
+            ("a.toml", &format!("{ROUTE_TO_BILLING}{queue}")),
+            ("b.toml", &format!("\n{queue}")),
+        ]);
+        let err = plan.unwrap_err().to_string();
+        assert!(
+            err.contains("b.toml:2: queue \"billing\" is already defined in "),
+            "{err}"
+        );
+        assert!(err.contains("a.toml:4"), "{err}");
+
+        // A dialplan file and config.toml.
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            &format!("{ROUTE_TO_BILLING}[[queue]]\nname = \"general\"\nmembers = [\"agent1\"]\n"),
+        )]);
+        let err = plan
+            .unwrap()
+            .handoff_with_queues(&handoff(HANDOFF))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("main.toml:4: queue \"general\" is already defined in config.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dialplan_queue_members_must_be_configured_agents() {
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            &format!(
+                "{ROUTE_TO_BILLING}[[queue]]\nname = \"billing\"\nmembers = [\"agent1\", \"bob\"]\n"
+            ),
+        )]);
+        let plan = plan.unwrap();
+        let err = plan
+            .handoff_with_queues(&handoff(HANDOFF))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("main.toml:4:"), "{err}");
+        assert!(
+            err.contains("member \"bob\" is not a [[handoff.agent]]"),
+            "{err}"
+        );
+
+        // The rest of the hand-off's checks apply too, at the same line:
+        // an overflow naming no queue anywhere.
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            &format!(
+                "{ROUTE_TO_BILLING}[[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\noverflow = \"nowhere\"\n"
+            ),
+        )]);
+        let err = plan
+            .unwrap()
+            .handoff_with_queues(&handoff(HANDOFF))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("main.toml:4:"), "{err}");
+        assert!(err.contains("overflow \"nowhere\""), "{err}");
+    }
+
+    #[test]
+    fn dialplan_queues_take_exactly_the_handoff_queue_fields() {
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            &format!(
+                "{ROUTE_TO_BILLING}[[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\npassword = \"x\"\n"
+            ),
+        )]);
+        let err = plan.unwrap_err().to_string();
+        assert!(err.contains("main.toml:"), "{err}");
+        assert!(err.contains("password"), "{err}");
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            &format!("{ROUTE_TO_BILLING}[[queue]]\nname = \" \"\nmembers = []\n"),
+        )]);
+        assert!(
+            plan.unwrap_err()
+                .to_string()
+                .contains("main.toml:4: queue name is empty")
+        );
     }
 
     #[test]

@@ -58,9 +58,19 @@ pub fn load_dialplan(dir: &Path) -> Result<Dialplan, DialplanError> {
 /// start-up run, so neither accepts a transfer to a queue that does not
 /// exist.
 pub fn load_dialplan_checked(dir: &Path, config: &Config) -> Result<Dialplan, DialplanError> {
+    load_dialplan_with_handoff(dir, config).map(|(plan, _)| plan)
+}
+
+/// As [`load_dialplan_checked`], also returning the `[handoff]` section
+/// with the dialplan files' `[[queue]]`s merged in: what the engine runs.
+pub fn load_dialplan_with_handoff(
+    dir: &Path,
+    config: &Config,
+) -> Result<(Dialplan, crate::handoff::HandoffSection), DialplanError> {
     let plan = load_dialplan(dir)?;
-    plan.check_handoff(&config.handoff)?;
-    Ok(plan)
+    let handoff = plan.handoff_with_queues(&config.handoff)?;
+    plan.check_handoff(&handoff)?;
+    Ok((plan, handoff))
 }
 
 struct Shared {
@@ -84,8 +94,12 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let dialplan = load_dialplan_checked(&config.dialplans.dir, &config)?;
-    info!(routes = dialplan.routes.len(), dir = %config.dialplans.dir.display(), "dialplans loaded");
+    let (dialplan, handoff_section) = load_dialplan_with_handoff(&config.dialplans.dir, &config)?;
+    info!(routes = dialplan.routes.len(), queues = dialplan.queues.len(), dir = %config.dialplans.dir.display(), "dialplans loaded");
+    // Everything after this point (hand-off, dashboard, HTTP queue views)
+    // sees the dialplan files' queues as if config.toml had declared them.
+    let mut config = config;
+    config.handoff = handoff_section;
 
     let assistant = if dialplan.uses_assistant() {
         let cfg = config.clone();

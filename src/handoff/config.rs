@@ -278,6 +278,55 @@ impl HandoffSection {
         })
     }
 
+    /// One queue against this section: members are its agents, the
+    /// overflow is one of its queues, hours and transfer are usable. Also
+    /// what a queue defined in a dialplan file is checked with once merged,
+    /// so both places accept the same queues.
+    pub fn check_queue(&self, queue: &QueueSpec) -> Result<(), String> {
+        if let Some(unknown) = queue
+            .members
+            .iter()
+            .find(|m| !self.agent.iter().any(|a| a.id == **m))
+        {
+            return Err(format!(
+                "handoff.queue {:?}: member {unknown:?} is not a handoff.agent",
+                queue.name
+            ));
+        }
+        if let Some(overflow) = &queue.overflow
+            && !self.queue.iter().any(|q| q.name == *overflow)
+        {
+            return Err(format!(
+                "handoff.queue {:?}: overflow {overflow:?} is not a queue",
+                queue.name
+            ));
+        }
+        if let Some(target) = &queue.refer_to
+            && crate::sip::message::Uri::parse(target).map_or(true, |u| !u.is_sip())
+        {
+            return Err(format!(
+                "handoff.queue {:?}: refer_to {target:?} is not a sip: URI",
+                queue.name
+            ));
+        }
+        queue.opening_hours()?;
+        if let Some(message) = &queue.closed_message
+            && message.chars().count() > MAX_CLOSED_MESSAGE_CHARS
+        {
+            return Err(format!(
+                "handoff.queue {:?}: closed_message is longer than {MAX_CLOSED_MESSAGE_CHARS} characters",
+                queue.name
+            ));
+        }
+        if queue.transfer == TransferMode::Refer && self.refer_target(queue).is_none() {
+            return Err(format!(
+                "handoff.queue {:?}: transfer = \"refer\" needs refer_to or a member with a uri",
+                queue.name
+            ));
+        }
+        Ok(())
+    }
+
     /// The configuration is consistent: every queue member is an agent,
     /// overflows name queues, agents have a password or an address.
     pub fn validate(&self) -> Result<(), String> {
@@ -312,46 +361,8 @@ impl HandoffSection {
                 ));
             }
         }
-        let queues: std::collections::HashSet<&str> =
-            self.queue.iter().map(|q| q.name.as_str()).collect();
         for queue in &self.queue {
-            if let Some(unknown) = queue.members.iter().find(|m| !seen.contains(m.as_str())) {
-                return Err(format!(
-                    "handoff.queue {:?}: member {unknown:?} is not a handoff.agent",
-                    queue.name
-                ));
-            }
-            if let Some(overflow) = &queue.overflow
-                && !queues.contains(overflow.as_str())
-            {
-                return Err(format!(
-                    "handoff.queue {:?}: overflow {overflow:?} is not a queue",
-                    queue.name
-                ));
-            }
-            if let Some(target) = &queue.refer_to
-                && crate::sip::message::Uri::parse(target).map_or(true, |u| !u.is_sip())
-            {
-                return Err(format!(
-                    "handoff.queue {:?}: refer_to {target:?} is not a sip: URI",
-                    queue.name
-                ));
-            }
-            queue.opening_hours()?;
-            if let Some(message) = &queue.closed_message
-                && message.chars().count() > MAX_CLOSED_MESSAGE_CHARS
-            {
-                return Err(format!(
-                    "handoff.queue {:?}: closed_message is longer than {MAX_CLOSED_MESSAGE_CHARS} characters",
-                    queue.name
-                ));
-            }
-            if queue.transfer == TransferMode::Refer && self.refer_target(queue).is_none() {
-                return Err(format!(
-                    "handoff.queue {:?}: transfer = \"refer\" needs refer_to or a member with a uri",
-                    queue.name
-                ));
-            }
+            self.check_queue(queue)?;
         }
         let codes = &self.feature_codes;
         let mut seen_codes = std::collections::HashSet::new();
@@ -373,7 +384,7 @@ impl HandoffSection {
             }
         }
         if let Some(default) = &self.default_queue
-            && !queues.contains(default.as_str())
+            && !self.queue.iter().any(|q| q.name == *default)
         {
             return Err(format!("handoff.default_queue {default:?} is not a queue"));
         }
