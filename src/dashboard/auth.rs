@@ -754,19 +754,9 @@ fn encode_query_value(value: &str) -> String {
     out
 }
 
+/// The dashboard's one HTML escaper, for the pages this module renders.
 pub(crate) fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    super::views::escape(text)
 }
 
 // ---------------------------------------------------------------- extractors
