@@ -300,6 +300,7 @@ where
             events: &rig.bus,
             call_id,
             redactor: &redactor,
+            recent: Default::default(),
         },
         supervisor: Some(Supervision {
             takeovers: &takeovers,

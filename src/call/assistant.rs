@@ -108,6 +108,45 @@ pub struct CallLog<'a> {
     /// Personal data is redacted from everything written through this log
     /// (store, live events, tracing); the recording keeps the audio.
     pub redactor: &'a crate::governance::Redactor,
+    /// The caller's last lines and whether a risk was flagged, kept as
+    /// turns pass through here, for a supervisor's take-over summary.
+    pub recent: RecentCaller,
+}
+
+/// Caller lines kept for a take-over summary.
+const RECENT_CALLER_LINES: usize = 3;
+const MAX_LINE_CHARS: usize = 200;
+
+/// What a take-over's summary needs of the conversation so far (redacted).
+#[derive(Default)]
+pub struct RecentCaller {
+    inner: parking_lot::Mutex<(std::collections::VecDeque<String>, bool)>,
+}
+
+impl RecentCaller {
+    fn caller_said(&self, text: &str) {
+        let mut inner = self.inner.lock();
+        if inner.0.len() == RECENT_CALLER_LINES {
+            inner.0.pop_front();
+        }
+        inner
+            .0
+            .push_back(text.chars().take(MAX_LINE_CHARS).collect());
+    }
+
+    fn escalated(&self, escalation: crate::answer::Escalation) {
+        use crate::answer::Escalation;
+        self.inner.lock().1 |= matches!(
+            escalation,
+            Escalation::Emergency | Escalation::Distress | Escalation::Safeguarding
+        );
+    }
+
+    /// The caller's last lines, oldest first, and whether a risk was flagged.
+    pub fn snapshot(&self) -> (Vec<String>, bool) {
+        let inner = self.inner.lock();
+        (inner.0.iter().cloned().collect(), inner.1)
+    }
 }
 
 impl CallLog<'_> {
@@ -143,6 +182,12 @@ impl CallLog<'_> {
         let redacted_reason = detail.map(|(_, r)| self.redactor.redact(r).into_owned());
         let detail = detail.map(|(t, _)| (t, redacted_reason.as_deref().unwrap_or_default()));
         info!(speaker, text, "transcript");
+        if speaker == "caller" {
+            self.recent.caller_said(text);
+        }
+        if let Some((t, _)) = detail {
+            self.recent.escalated(t.escalation);
+        }
         let now = Utc::now();
         self.events.publish(CallEvent::Transcript {
             call_id: self.call_id.to_string(),

@@ -7,12 +7,11 @@ pub mod assistant;
 pub mod listener;
 pub mod transcriber;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -30,10 +29,6 @@ pub const TAKEOVER_LINE: &str = "I'm putting you through to a colleague now.";
 /// call and the route gives no prompt of its own.
 pub const UNAVAILABLE_LINE: &str =
     "I'm sorry, nobody can take your call just now. Please try again later.";
-/// Caller lines kept for a take-over's summary, and how long each may be.
-const RECENT_CALLER_LINES: usize = 3;
-const MAX_LINE_CHARS: usize = 200;
-
 /// One call's media, independent of how the call arrived.
 pub struct CallMedia {
     pub handle: MediaHandle,
@@ -112,23 +107,19 @@ pub async fn run_actions(
 ) -> ActionsOutcome {
     let mut index = 0;
     while let Some(action) = actions.get(index) {
-        let mut heard = CallerLines::listen(ctx, action);
         let interrupted = {
             let work = run_action(action, media, log, ctx);
             tokio::pin!(work);
-            loop {
-                tokio::select! {
-                    step = &mut work => break Err(step),
-                    takeover = next_takeover(ctx) => break Ok(takeover),
-                    event = heard.next(), if heard.is_listening() => heard.keep(ctx, event),
-                }
+            tokio::select! {
+                step = &mut work => Err(step),
+                takeover = next_takeover(ctx) => Ok(takeover),
             }
         };
         match interrupted {
             Err(Some(outcome)) => return outcome,
             Err(None) => index += 1,
             Ok(takeover) => {
-                if let Some(outcome) = take_over(takeover, heard, media, log, ctx).await {
+                if let Some(outcome) = take_over(takeover, media, log, ctx).await {
                     return outcome;
                 }
             }
@@ -382,14 +373,11 @@ fn refusal(ctx: &ActionContext<'_>, target: &TakeOverTarget) -> Option<&'static 
 /// waits (queued, or an agent's phone ringing) re-targets them.
 async fn take_over(
     mut takeover: TakeOver,
-    mut heard: CallerLines,
     media: &mut CallMedia,
     log: &mut ActionLog,
     ctx: &ActionContext<'_>,
 ) -> Option<ActionsOutcome> {
     let handoff = ctx.handoff?;
-    // What the caller said so far is all the summary needs.
-    heard.events = None;
     set_phase(ctx, CallPhase::Waiting);
     // Whatever the assistant was saying stops; the caller hears why the
     // voice changes before the hold music.
@@ -410,7 +398,7 @@ async fn take_over(
     }
     let speech = ctx.assistant.map(|s| s as &dyn crate::handoff::Announcer);
     let outcome = loop {
-        let (request, order) = takeover_request(ctx, &takeover, &heard);
+        let (request, order) = takeover_request(ctx, &takeover);
         info!(by = %takeover.by, target = ?takeover.target, "supervisor takes the call over");
         ctx.log
             .audit_as(
@@ -462,16 +450,16 @@ async fn take_over(
 fn takeover_request(
     ctx: &ActionContext<'_>,
     takeover: &TakeOver,
-    heard: &CallerLines,
 ) -> (TransferRequest, TransferOrder) {
+    let (lines, risk) = ctx.log.recent.snapshot();
     let (queue, agent) = match &takeover.target {
         TakeOverTarget::Queue(queue) => (Some(queue.clone()), None),
         TakeOverTarget::Agent(agent) => (None, Some(agent.clone())),
     };
     let mut summary = format!("Taken over by supervisor {}.", takeover.by);
-    if !heard.lines.is_empty() {
+    if !lines.is_empty() {
         summary.push_str(" The caller said: ");
-        for (i, line) in heard.lines.iter().enumerate() {
+        for (i, line) in lines.iter().enumerate() {
             if i > 0 {
                 summary.push_str(" … ");
             }
@@ -481,18 +469,14 @@ fn takeover_request(
     let request = TransferRequest {
         call_id: ctx.log.call_id.to_owned(),
         reason: TransferReason::Supervisor,
-        priority: if heard.risk {
+        priority: if risk {
             Priority::Urgent
         } else {
             Priority::High
         },
         queue,
         summary,
-        transcript: heard
-            .lines
-            .iter()
-            .map(|line| format!("caller: {line}"))
-            .collect(),
+        transcript: lines.iter().map(|line| format!("caller: {line}")).collect(),
         safety_message: None,
     };
     let order = TransferOrder {
@@ -503,72 +487,6 @@ fn takeover_request(
         refer_to: None,
     };
     (request, order)
-}
-
-/// The caller's last final lines, for a take-over's summary, and whether
-/// the assistant flagged a risk: its own transcript goes with its dropped
-/// future, so the call's live events (already redacted) are followed while
-/// it runs.
-struct CallerLines {
-    events: Option<broadcast::Receiver<Arc<CallEvent>>>,
-    lines: VecDeque<String>,
-    risk: bool,
-}
-
-impl CallerLines {
-    fn listen(ctx: &ActionContext<'_>, action: &Action) -> CallerLines {
-        let follow = ctx.supervisor.is_some() && matches!(action, Action::Assistant(_));
-        CallerLines {
-            events: follow.then(|| ctx.log.events.subscribe()),
-            lines: VecDeque::new(),
-            risk: false,
-        }
-    }
-
-    fn is_listening(&self) -> bool {
-        self.events.is_some()
-    }
-
-    async fn next(&mut self) -> Result<Arc<CallEvent>, broadcast::error::RecvError> {
-        match &mut self.events {
-            Some(events) => events.recv().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn keep(
-        &mut self,
-        ctx: &ActionContext<'_>,
-        event: Result<Arc<CallEvent>, broadcast::error::RecvError>,
-    ) {
-        match event {
-            Ok(event) if event.call_id() == ctx.log.call_id => match &*event {
-                CallEvent::Transcript {
-                    speaker,
-                    text,
-                    is_final: true,
-                    ..
-                } if speaker == "caller" => {
-                    if self.lines.len() == RECENT_CALLER_LINES {
-                        self.lines.pop_front();
-                    }
-                    self.lines
-                        .push_back(text.chars().take(MAX_LINE_CHARS).collect());
-                }
-                CallEvent::Decision { escalation, .. } => {
-                    self.risk |= matches!(
-                        escalation.as_str(),
-                        "emergency" | "distress" | "safeguarding"
-                    );
-                }
-                _ => {}
-            },
-            Ok(_) => {}
-            // Missed lines only shorten the summary.
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => self.events = None,
-        }
-    }
 }
 
 fn set_phase(ctx: &ActionContext<'_>, phase: CallPhase) {
@@ -676,6 +594,7 @@ mod tests {
                 events: &events,
                 call_id: "c1",
                 redactor: &redactor,
+                recent: Default::default(),
             },
             supervisor: None,
             caller: None,

@@ -150,6 +150,7 @@ impl TurnSink {
             events: &self.events,
             call_id: &self.call_id,
             redactor: &self.redactor,
+            recent: Default::default(),
         };
         log.turn(speaker.as_str(), text, None).await;
     }
@@ -308,6 +309,7 @@ mod tests {
             events: &events,
             call_id: "bridge-test",
             redactor: &redactor,
+            recent: Default::default(),
         };
 
         let caller_says = fixture_8k("speech_8k.wav");

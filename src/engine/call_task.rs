@@ -283,6 +283,7 @@ async fn answer_and_run(
                 events: &shared.events,
                 call_id: id,
                 redactor: &shared.redactor,
+                recent: Default::default(),
             },
             supervisor: Some(Supervision {
                 takeovers: &takeovers,

@@ -237,6 +237,7 @@ async fn run_call(
         events: &bus,
         call_id: &id,
         redactor: &redactor,
+        recent: Default::default(),
     };
     let announcer = ToneAnnouncer;
     let work = async {
