@@ -208,8 +208,9 @@ impl SipHandle {
     }
 
     /// Starts answering REGISTER with digest authentication (`None` stops
-    /// it: REGISTER gets 405 again). Subscribe to
-    /// [`Self::registrations`] first to see every binding.
+    /// it: REGISTER gets 405 again). Applied before any datagram read
+    /// after this call. Subscribe to [`Self::registrations`] first to see
+    /// every binding.
     pub fn set_registrar(&self, config: Option<RegistrarConfig>) {
         self.send(Command::SetRegistrar(config.map(Box::new)));
     }
@@ -398,18 +399,14 @@ impl Shell {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: a command sent before a datagram arrived is applied
+            // first (a registrar installed at start-up answers the first
+            // REGISTER; an answer is sent before the next request for that
+            // call is read). Timers come next so retransmissions keep time
+            // under load; the network last, it is never starved because
+            // commands and timers are bounded by what the network caused.
             tokio::select! {
-                received = recv_udp(udp.as_deref(), &mut buffer) => match received {
-                    Ok((len, source)) => {
-                        // A datagram that filled the buffer was truncated: too big.
-                        if len <= MAX_MESSAGE_BYTES {
-                            self.ua.handle_datagram(Instant::now(), &buffer[..len], Peer::udp(source));
-                        }
-                    }
-                    // ICMP port unreachable from an earlier send shows up here.
-                    Err(error) => tracing::debug!(%error, "UDP receive error"),
-                },
-                Some(input) = inputs.recv() => self.on_input(input),
+                biased;
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
                         let _ = stop_accepting.send(true);
@@ -423,6 +420,17 @@ impl Shell {
                     None => break,
                 },
                 () = sleep => self.ua.handle_timeout(Instant::now()),
+                Some(input) = inputs.recv() => self.on_input(input),
+                received = recv_udp(udp.as_deref(), &mut buffer) => match received {
+                    Ok((len, source)) => {
+                        // A datagram that filled the buffer was truncated: too big.
+                        if len <= MAX_MESSAGE_BYTES {
+                            self.ua.handle_datagram(Instant::now(), &buffer[..len], Peer::udp(source));
+                        }
+                    }
+                    // ICMP port unreachable from an earlier send shows up here.
+                    Err(error) => tracing::debug!(%error, "UDP receive error"),
+                },
             }
         }
         let _ = stop_accepting.send(true);
