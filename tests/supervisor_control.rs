@@ -171,7 +171,7 @@ async fn rig() -> Rig {
     // Nothing listens here: a3's phone never answers.
     let (dead_port, _) = free_range(1, true);
     // a1 serves the queue; a2 and a3 are in no queue: only a directed
-    // take-over reaches them.
+    // take-over reaches them. a2 is named by host, as a PBX usually is.
     let section: HandoffSection = toml::from_str(&format!(
         r#"
         wrap_up_secs = 0
@@ -181,7 +181,7 @@ async fn rig() -> Rig {
         uri = "sip:a1@{LOCALHOST}:{agent_port}"
         [[agent]]
         id = "a2"
-        uri = "sip:a2@{LOCALHOST}:{agent_port}"
+        uri = "sip:a2@localhost:{agent_port}"
         [[agent]]
         id = "a3"
         uri = "sip:a3@{LOCALHOST}:{dead_port}"

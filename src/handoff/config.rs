@@ -14,7 +14,7 @@
 //!
 //! [[handoff.agent]]
 //! id = "out-of-hours"
-//! uri = "sip:2000@192.0.2.40:5060"      # external: needs no registration
+//! uri = "sip:2000@192.0.2.40:5060"      # external: needs no registration (a host name is looked up and followed)
 //!
 //! [[handoff.queue]]
 //! name = "safeguarding"

@@ -138,6 +138,37 @@ impl InMemoryDirectory {
         );
     }
 
+    /// Declares an external agent whose address is not known yet (its
+    /// host name has not resolved): offline, and registrations under its
+    /// name never bind, until [`Self::set_external_contact`].
+    pub fn add_external_agent(&self, agent: &str) {
+        self.agents.lock().insert(
+            agent.to_owned(),
+            Entry {
+                state: AgentState::Offline,
+                contact: None,
+                since: Utc::now(),
+                fixed_contact: true,
+                signed_out: false,
+            },
+        );
+    }
+
+    /// Sets where an external agent is reached. The first address makes it
+    /// available (unless a person signed it out); later ones only move it.
+    pub fn set_external_contact(&self, agent: &str, contact: AgentContact) {
+        let mut agents = self.agents.lock();
+        if let Some(entry) = agents.get_mut(agent)
+            && entry.fixed_contact
+        {
+            let first = entry.contact.is_none();
+            entry.contact = Some(contact);
+            if first && entry.state == AgentState::Offline && !entry.signed_out {
+                set(entry, AgentState::Available);
+            }
+        }
+    }
+
     pub fn state(&self, agent: &str) -> Option<AgentState> {
         self.agents.lock().get(agent).map(|e| e.state)
     }

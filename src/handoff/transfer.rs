@@ -201,11 +201,32 @@ impl Handoff {
     /// registrations. Uses the in-memory directory.
     pub fn start(section: HandoffSection, deps: HandoffDeps) -> Result<Handoff, HandoffError> {
         let directory = Arc::new(InMemoryDirectory::new());
+        let mut by_name = Vec::new();
         for agent in &section.agent {
-            let fixed = agent.uri.as_deref().and_then(fixed_contact);
-            directory.add_agent(&agent.id, fixed);
+            match agent.uri.as_deref() {
+                None => directory.add_agent(&agent.id, None),
+                Some(uri) => match fixed_contact(uri) {
+                    Some(contact) => directory.add_agent(&agent.id, Some(contact)),
+                    // A PBX or hunt group named by host: offline until
+                    // its name resolves, never silently unreachable.
+                    None => {
+                        directory.add_external_agent(&agent.id);
+                        by_name.push((agent.id.clone(), uri.to_owned()));
+                    }
+                },
+            }
         }
-        Handoff::with_directory(section, deps, directory)
+        let ipv4 = deps.local_ip.is_ipv4();
+        let handoff = Handoff::with_directory(section, deps, directory.clone())?;
+        for (agent, uri) in by_name {
+            tokio::spawn(resolve_external_agent(
+                Arc::downgrade(&directory),
+                agent,
+                uri,
+                ipv4,
+            ));
+        }
+        Ok(handoff)
     }
 
     /// As [`Self::start`] with another directory (e.g. a shared one); its
@@ -1764,19 +1785,91 @@ async fn audit(log: &CallLog<'_>, action: &str, detail: String) {
 /// An external agent's configured `sip:` URI with an IP literal host.
 fn fixed_contact(uri: &str) -> Option<AgentContact> {
     let parsed = Uri::parse(uri).ok()?;
+    let addr = parsed.socket_addr(5060)?;
+    Some(contact_at(uri, &parsed, addr))
+}
+
+fn contact_at(uri: &str, parsed: &Uri, addr: SocketAddr) -> AgentContact {
     let transport = match parsed.param("transport").and_then(|t| t.as_deref()) {
         Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
         _ => Transport::Udp,
     };
-    let addr = parsed.socket_addr(5060)?;
-    Some(AgentContact {
+    AgentContact {
         uri: uri.to_owned(),
         destination: Peer {
             transport,
             addr,
             connection: None,
         },
-    })
+    }
+}
+
+/// How often an agent's host name is looked up again: a PBX can move.
+const RESOLVE_EVERY: Duration = Duration::from_secs(300);
+/// How soon a name that did not resolve is tried again.
+const RESOLVE_RETRY: Duration = Duration::from_secs(10);
+
+/// Keeps an external agent named by host (`sip:2000@pbx.council.local`)
+/// reachable: looks the name up with the system resolver (hosts file, DNS
+/// A/AAAA; SRV and NAPTR of RFC 3263 are not consulted, so give the port
+/// when it is not 5060), makes the agent available once it resolves and
+/// follows address changes. A failed lookup after a good one keeps the
+/// last address: a DNS outage must not take agents away from callers.
+/// Ends with the hand-off service (the directory is gone).
+async fn resolve_external_agent(
+    directory: std::sync::Weak<InMemoryDirectory>,
+    agent: String,
+    uri: String,
+    ipv4: bool,
+) {
+    let Ok(parsed) = Uri::parse(&uri) else {
+        return;
+    };
+    let port = parsed.port.unwrap_or(5060);
+    let mut known: Option<SocketAddr> = None;
+    loop {
+        let found = match tokio::net::lookup_host((parsed.host.as_str(), port)).await {
+            // Our SIP socket speaks one address family: prefer it.
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv4() == ipv4)
+                    .or(addrs.first())
+                    .copied()
+                    .ok_or_else(|| "no addresses".to_owned())
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let Some(directory) = directory.upgrade() else {
+            return;
+        };
+        let wait = match found {
+            Ok(addr) => {
+                if known != Some(addr) {
+                    info!(agent = %agent, host = %parsed.host, %addr, "agent's host resolved");
+                    directory.set_external_contact(&agent, contact_at(&uri, &parsed, addr));
+                    known = Some(addr);
+                }
+                RESOLVE_EVERY
+            }
+            Err(reason) => {
+                match known {
+                    None => warn!(
+                        agent = %agent, host = %parsed.host, %reason,
+                        "agent's host does not resolve; the agent stays offline until it does"
+                    ),
+                    Some(addr) => warn!(
+                        agent = %agent, host = %parsed.host, %reason, %addr,
+                        "agent's host does not resolve now; keeping its last address"
+                    ),
+                }
+                RESOLVE_RETRY
+            }
+        };
+        drop(directory);
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// Where a registered phone is reached: its Contact when that is the
@@ -1928,6 +2021,40 @@ mod tests {
                 .is_some_and(|c| c.destination.transport == Transport::Tcp)
         );
         assert!(fixed_contact("sip:2000@pbx.example").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_agent_named_by_host_becomes_available_once_the_name_resolves() {
+        let directory = Arc::new(InMemoryDirectory::new());
+        directory.add_external_agent("pbx");
+        directory.add_external_agent("nowhere");
+        // A phone registering under an external agent's name never binds.
+        directory
+            .registered("pbx", fixed_contact("sip:x@192.0.2.9").unwrap())
+            .await;
+        assert_eq!(directory.state("pbx"), Some(AgentState::Offline));
+        tokio::spawn(resolve_external_agent(
+            Arc::downgrade(&directory),
+            "pbx".into(),
+            "sip:2000@localhost:5071;transport=tcp".into(),
+            true,
+        ));
+        tokio::spawn(resolve_external_agent(
+            Arc::downgrade(&directory),
+            "nowhere".into(),
+            "sip:2000@no-such-host.invalid".into(),
+            true,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while directory.state("pbx") != Some(AgentState::Available) {
+            assert!(Instant::now() < deadline, "localhost never resolved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let statuses = directory.statuses(&["pbx".into(), "nowhere".into()]).await;
+        let contact = statuses[0].contact.clone().expect("a contact");
+        assert_eq!(contact.destination.addr, "127.0.0.1:5071".parse().unwrap());
+        assert_eq!(contact.destination.transport, Transport::Tcp);
+        assert_eq!(statuses[1].state, AgentState::Offline);
     }
 
     /// Queues as `with_directory` builds them, from `[handoff]` TOML.
