@@ -410,7 +410,9 @@ impl Config {
                 "assistant.asr_workers and tts_workers must be at least 1".into(),
             ));
         }
-        self.handoff.validate().map_err(invalid)?;
+        self.handoff
+            .validate_without_dialplan_queues()
+            .map_err(invalid)?;
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             return Err(invalid(format!(
                 "logging.format: {:?} is neither \"text\" nor \"json\"",

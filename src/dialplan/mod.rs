@@ -82,6 +82,10 @@ pub enum DialplanError {
     },
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// config.toml's `[handoff]` names a queue that neither it nor any
+    /// dialplan file defines.
+    #[error("config [handoff]: {0} (in config.toml or any dialplan file)")]
+    Handoff(String),
 }
 
 impl DialplanError {
@@ -446,6 +450,9 @@ impl Dialplan {
                     message,
                 })?;
         }
+        // config.toml's own queues, overflows and default queue, now that
+        // the dialplan's queues are known.
+        merged.validate().map_err(DialplanError::Handoff)?;
         Ok(merged)
     }
 
@@ -1071,6 +1078,31 @@ actions = [
         assert_eq!(names, ["general", "billing"]);
         merged.validate().unwrap();
         plan.check_handoff(&merged).unwrap();
+    }
+
+    #[test]
+    fn config_toml_may_name_a_queue_a_dialplan_defines_but_not_one_nobody_defines() {
+        // config.toml with no queues of its own: the default queue and an
+        // overflow live in the dialplan.
+        let config = "default_queue = 'billing'\n[[agent]]\nid = 'agent1'\npassword = 'pw'\n";
+        let section = handoff(config);
+        section.validate_without_dialplan_queues().unwrap();
+        assert!(section.validate().is_err(), "alone it names nothing");
+        let (_dir, plan) = load_files(&[(
+            "main.toml",
+            "[[route]]\nname = \"main\"\nactions = [{ transfer = {} }]\n\n\
+             [[queue]]\nname = \"billing\"\nmembers = [\"agent1\"]\n",
+        )]);
+        let merged = plan.unwrap().handoff_with_queues(&section).unwrap();
+        assert_eq!(merged.default_queue.as_deref(), Some("billing"));
+
+        let nobody =
+            handoff("default_queue = 'nowhere'\n[[agent]]\nid = 'agent1'\npassword = 'pw'\n");
+        nobody.validate_without_dialplan_queues().unwrap();
+        let (_dir, plan) = load_files(&[("main.toml", ROUTE_TO_BILLING)]);
+        let err = plan.unwrap().handoff_with_queues(&nobody).unwrap_err();
+        assert!(err.to_string().contains("\"nowhere\""), "{err}");
+        assert!(err.to_string().contains("config [handoff]"), "{err}");
     }
 
     #[test]

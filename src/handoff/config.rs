@@ -283,6 +283,12 @@ impl HandoffSection {
     /// what a queue defined in a dialplan file is checked with once merged,
     /// so both places accept the same queues.
     pub fn check_queue(&self, queue: &QueueSpec) -> Result<(), String> {
+        self.check_queue_with(queue, true)
+    }
+
+    /// `queues_known`: every queue is in this section, so an overflow must
+    /// name one of them; false while dialplan queues are not merged yet.
+    fn check_queue_with(&self, queue: &QueueSpec, queues_known: bool) -> Result<(), String> {
         if let Some(unknown) = queue
             .members
             .iter()
@@ -294,6 +300,7 @@ impl HandoffSection {
             ));
         }
         if let Some(overflow) = &queue.overflow
+            && queues_known
             && !self.queue.iter().any(|q| q.name == *overflow)
         {
             return Err(format!(
@@ -330,6 +337,19 @@ impl HandoffSection {
     /// The configuration is consistent: every queue member is an agent,
     /// overflows name queues, agents have a password or an address.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(true)
+    }
+
+    /// As [`Self::validate`] for config.toml on its own: the queues an
+    /// overflow or `default_queue` names may be defined in dialplan files,
+    /// so those names are checked once the dialplan's queues are merged
+    /// (`Dialplan::handoff_with_queues`, at start-up and by `frontdoor
+    /// dialplan check`).
+    pub fn validate_without_dialplan_queues(&self) -> Result<(), String> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, queues_known: bool) -> Result<(), String> {
         for algorithm in &self.digest_algorithms {
             if DigestAlgorithm::parse(algorithm).is_none() {
                 return Err(format!(
@@ -362,7 +382,7 @@ impl HandoffSection {
             }
         }
         for queue in &self.queue {
-            self.check_queue(queue)?;
+            self.check_queue_with(queue, queues_known)?;
         }
         let codes = &self.feature_codes;
         let mut seen_codes = std::collections::HashSet::new();
@@ -384,6 +404,7 @@ impl HandoffSection {
             }
         }
         if let Some(default) = &self.default_queue
+            && queues_known
             && !self.queue.iter().any(|q| q.name == *default)
         {
             return Err(format!("handoff.default_queue {default:?} is not a queue"));
