@@ -69,6 +69,21 @@ async fn refer_accepted_by_the_caller_side_hands_the_call_away() {
         !actions.iter().any(|a| a == "handoff_connected"),
         "{actions:?}"
     );
+    // While the far end took 1.5 s to complete the transfer, the caller
+    // heard the queue's hold audio (channel 1: what Frontdoor sent): the
+    // default hold tone's 0.4 s beep, where there used to be silence.
+    let recording = board
+        .data
+        .path()
+        .join("recordings")
+        .join(format!("{id}.wav"));
+    let (rate, sent) = read_wav_channel(&recording, 1);
+    let loud = sent.iter().filter(|s| s.abs() > 0.05).count();
+    assert!(
+        loud as f64 / f64::from(rate) > 0.15,
+        "hold audio during the pending REFER: {loud} loud samples of {}",
+        sent.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,7 +391,7 @@ impl Handoff {
             && let Some(target) = self.refer_target(order, &queue_name)
         {
             match order.caller {
-                Some(caller) => match self.refer(caller, &target, log).await {
+                Some(caller) => match self.refer(caller, &target, log, call, &queue_name).await {
                     Ok(()) => {
                         track.finish(&TransferOutcome::Referred).await;
                         return TransferOutcome::Referred;
@@ -570,7 +570,39 @@ impl Handoff {
         &self.inner.section.feature_codes
     }
 
-    async fn refer(&self, caller: CallKey, target: &str, log: &CallLog<'_>) -> Result<(), String> {
+    /// REFERs the caller to `target` and follows the NOTIFYs. The caller
+    /// hears the queue's hold audio meanwhile (after whatever is already
+    /// playing, e.g. "I'm putting you through"), not silence.
+    async fn refer(
+        &self,
+        caller: CallKey,
+        target: &str,
+        log: &CallLog<'_>,
+        call: &mut CallMedia,
+        queue_name: &str,
+    ) -> Result<(), String> {
+        let music = self
+            .inner
+            .queues
+            .get(queue_name)
+            .map_or_else(default_hold_tone, |q| q.hold.clone());
+        let mut hold = Hold::new(music);
+        hold.resume(call);
+        let result = self
+            .follow_refer(caller, target, log, call, &mut hold)
+            .await;
+        hold.stop(call);
+        result
+    }
+
+    async fn follow_refer(
+        &self,
+        caller: CallKey,
+        target: &str,
+        log: &CallLog<'_>,
+        call: &mut CallMedia,
+        hold: &mut Hold,
+    ) -> Result<(), String> {
         let uri = Uri::parse(target).map_err(|e| format!("bad target: {e:?}"))?;
         // A dialplan may transfer the moment the call is answered, before
         // the caller's ACK confirms the dialog; REFER waits for it.
@@ -590,6 +622,18 @@ impl Handoff {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
+                media = call.events.recv() => {
+                    match media {
+                        None => return Err("the call ended".into()),
+                        // RTP inactivity is the SIP side's to judge here:
+                        // the far end may hold the caller while it transfers.
+                        Some(MediaEvent::Inactive { .. }) => {}
+                        other => {
+                            hold.on_caller_event(call, other);
+                        }
+                    }
+                    continue;
+                }
                 _ = &mut deadline => return Err("no outcome in time".into()),
             };
             match event {
