@@ -8,6 +8,10 @@
 # Env: ENGINE_CORE (0), GENERATOR_CORE (1), WORKERS (1 = current-thread runtime),
 #      NO_BUILD=1 to skip the release build, ENGINE_BINARY to measure another build's engine
 #      (e.g. a saved copy of the previous design) against this build's generator.
+#      RT_PRIORITY=N runs both processes under SCHED_FIFO priority N (needs root or
+#      CAP_SYS_NICE): on a shared host the engine then runs whenever it is runnable, so
+#      other processes' load changes its figures less (it still shares caches). Unset: the
+#      normal scheduler, as in production.
 # Prints every run's figures, then the best and the median run by CPU per stream.
 # Bounded: at most 5000 streams, 120 s per run, 10 runs; loopback only.
 set -euo pipefail
@@ -19,9 +23,15 @@ runs=${3:-3}
 engine_core=${ENGINE_CORE:-0}
 generator_core=${GENERATOR_CORE:-1}
 workers=${WORKERS:-1}
+rt_priority=${RT_PRIORITY:-}
 (( streams >= 1 && streams <= 5000 )) || { echo "streams must be 1..5000" >&2; exit 2; }
 (( seconds >= 1 && seconds <= 120 )) || { echo "seconds must be 1..120" >&2; exit 2; }
 (( runs >= 1 && runs <= 10 )) || { echo "runs must be 1..10" >&2; exit 2; }
+scheduler=()
+if [[ -n "$rt_priority" ]]; then
+    (( rt_priority >= 1 && rt_priority <= 99 )) || { echo "RT_PRIORITY must be 1..99" >&2; exit 2; }
+    scheduler=(chrt -f "$rt_priority")
+fi
 
 if [[ -z "${NO_BUILD:-}" ]]; then
     cargo build --release --example media_load >&2
@@ -44,7 +54,7 @@ trap cleanup EXIT
 results=()
 for run in $(seq 1 "$runs"); do
     log="$workdir/engine-$run.log"
-    timeout $(( seconds + 90 )) taskset -c "$engine_core" "$engine_binary" --engine "$streams" \
+    timeout $(( seconds + 90 )) taskset -c "$engine_core" "${scheduler[@]}" "$engine_binary" --engine "$streams" \
         --seconds "$seconds" --workers "$workers" >"$log" 2>&1 &
     engine_pid=$!
     for _ in $(seq 1 600); do
@@ -54,7 +64,7 @@ for run in $(seq 1 "$runs"); do
     done
     grep -q '^READY' "$log" || { cat "$log" >&2; echo "engine did not start" >&2; exit 1; }
     # Long enough to cover the engine's warm-up, measurement and margin.
-    timeout $(( seconds + 60 )) taskset -c "$generator_core" "$binary" --generator "$streams" \
+    timeout $(( seconds + 60 )) taskset -c "$generator_core" "${scheduler[@]}" "$binary" --generator "$streams" \
         --seconds "$(( seconds + 4 ))" >"$workdir/generator-$run.log" 2>&1 &
     generator_pid=$!
     wait "$engine_pid" || { cat "$log" >&2; echo "engine failed" >&2; exit 1; }
@@ -67,7 +77,7 @@ for run in $(seq 1 "$runs"); do
     results+=("$(grep '^RESULT' "$log")")
 done
 
-echo "=== $streams streams, $seconds s, $runs runs, engine on core $engine_core, $workers worker(s)"
+echo "=== $streams streams, $seconds s, $runs runs, engine on core $engine_core, $workers worker(s)${rt_priority:+, SCHED_FIFO $rt_priority}"
 printf '%s\n' "${results[@]}" | awk '
     {
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[NR, kv[1]] = kv[2] }

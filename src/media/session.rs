@@ -628,6 +628,12 @@ impl RtpSession {
         filled
     }
 
+    /// Whether [`Self::poll_rtcp`] would build a report now: the shell reads the RTCP socket
+    /// first, so the report reflects what has arrived.
+    pub fn rtcp_due(&self, now: Instant) -> bool {
+        now >= self.next_rtcp
+    }
+
     /// A compound RTCP report when one is due; the caller sends it to the returned address.
     pub fn poll_rtcp(
         &mut self,

@@ -8,15 +8,33 @@
 //! absorbs. A long stall (over [`MAX_CATCH_UP`]) is not replayed: those ticks are skipped
 //! and the RTP timestamp jumps by the same amount, so the far end hears a gap instead of
 //! falling behind for the rest of the call.
+//!
+//! Receiving: the RTP socket is read at each tick, just before the jitter buffer plays a
+//! frame, instead of waking the task for every datagram. A packet that arrives between
+//! ticks could not be played before the next tick anyway, so playout is unchanged, and each
+//! stream costs one wake-up per 20 ms instead of two, with no readiness events for its RTP
+//! socket at all (it is never registered with the reactor). What the tick time would lose,
+//! the arrival time that jitter measurement, adaptive depth and RTCP depend on, comes from
+//! the kernel's receive timestamp (`SO_TIMESTAMPNS`). The RTCP socket is read the same way,
+//! every [`RTCP_READ_TICKS`] ticks and before each report we send: reports arrive every few
+//! seconds, and the kernel timestamp keeps the round-trip estimate exact however late the
+//! read. The task therefore waits on nothing but its clock and its commands.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
 use parking_lot::Mutex;
-use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{Instant as TokioInstant, MissedTickBehavior};
 
@@ -45,6 +63,21 @@ const MAX_CATCH_UP: Duration = Duration::from_millis(200);
 pub const SENT_LEVEL_TICKS: usize = 64;
 /// Largest datagram we read; anything bigger is truncated and fails validation.
 const RECEIVE_BUFFER: usize = 2048;
+/// Datagrams read from the RTP socket per tick: far above the 1–2 a caller sends per 20 ms
+/// (or a burst after a network stall), low enough that a flood on one port cannot keep the
+/// thread from the other streams. What is left waits for the next tick or is dropped by the
+/// kernel when the socket buffer fills.
+const MAX_DATAGRAMS_PER_TICK: usize = 64;
+/// Room for one `SCM_TIMESTAMPNS` control message (a 16-byte header and a timespec) with
+/// generous slack.
+const CONTROL_BUFFER: usize = 64;
+/// Ticks between reads of the RTCP socket (200 ms).
+const RTCP_READ_TICKS: u64 = 10;
+/// Ticks between readings of the wall clock, which only converts kernel timestamps and
+/// stamps our reports (200 ms); in between it is extrapolated from the monotonic clock.
+const WALL_CLOCK_TICKS: u64 = 10;
+/// Commands handled per wake-up before the clock gets its turn.
+const COMMANDS_PER_POLL: usize = 32;
 
 /// Per-stream settings from the engine's configuration.
 #[derive(Debug, Clone)]
@@ -125,8 +158,8 @@ struct Shared {
 /// A bound but not yet started stream: the local port is known (for the SDP answer) before
 /// the remote side is.
 pub struct MediaStream {
-    rtp_socket: UdpSocket,
-    rtcp_socket: UdpSocket,
+    rtp_socket: MediaSocket,
+    rtcp_socket: MediaSocket,
     lease: PortLease,
     config: MediaConfig,
     runtime: tokio::runtime::Handle,
@@ -152,8 +185,8 @@ impl MediaStream {
         lease: PortLease,
         cfg: MediaConfig,
     ) -> std::io::Result<MediaStream> {
-        let rtp_socket = UdpSocket::bind(SocketAddr::new(local_ip, lease.rtp_port())).await?;
-        let rtcp_socket = UdpSocket::bind(SocketAddr::new(local_ip, lease.rtcp_port())).await?;
+        let rtp_socket = MediaSocket::bind(SocketAddr::new(local_ip, lease.rtp_port()))?;
+        let rtcp_socket = MediaSocket::bind(SocketAddr::new(local_ip, lease.rtcp_port()))?;
         Ok(MediaStream {
             rtp_socket,
             rtcp_socket,
@@ -225,6 +258,7 @@ impl MediaStream {
             listen_tap: self.listen_tap,
             late_ticks: 0,
             events_dropped: 0,
+            clock_pair: (now.into_std(), wall_clock()),
         };
         self.runtime.spawn(task.run(now));
         (
@@ -410,10 +444,134 @@ impl RecorderThread {
     }
 }
 
+/// Where datagrams and their control messages are read. Aligned for the `cmsghdr` nix
+/// reads from the start of `control`.
+#[repr(C, align(8))]
+struct ReceiveScratch {
+    control: [u8; CONTROL_BUFFER],
+    datagram: [u8; RECEIVE_BUFFER],
+}
+
+thread_local! {
+    /// One per runtime thread: a read and its processing finish within one poll, so the
+    /// streams on a thread share it instead of each zeroing (or carrying) 2 KiB per tick.
+    static RECEIVE_SCRATCH: RefCell<ReceiveScratch> = const {
+        RefCell::new(ReceiveScratch {
+            control: [0; CONTROL_BUFFER],
+            datagram: [0; RECEIVE_BUFFER],
+        })
+    };
+}
+
+/// Time since the Unix epoch by the wall clock (zero if it is set before 1970).
+fn wall_clock() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// An RTP or RTCP socket, outside the reactor: non-blocking, read at ticks, timestamped by
+/// the kernel on arrival.
+struct MediaSocket {
+    socket: std::net::UdpSocket,
+    /// Whether the kernel timestamps arrivals; if it refused, the read time stands in.
+    kernel_timestamps: bool,
+    /// When the socket was last read to empty: nothing read later can have arrived earlier,
+    /// which bounds what a wall-clock step could do to converted timestamps.
+    drained_at: Instant,
+}
+
+/// One datagram read by [`MediaSocket::receive`].
+struct Datagram {
+    length: usize,
+    from: SocketAddr,
+    arrival: Instant,
+}
+
+impl MediaSocket {
+    fn bind(address: SocketAddr) -> std::io::Result<MediaSocket> {
+        let socket = std::net::UdpSocket::bind(address)?;
+        socket.set_nonblocking(true)?;
+        let kernel_timestamps = match setsockopt(&socket, sockopt::ReceiveTimestampns, &true) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "no kernel receive timestamps; using read time");
+                false
+            }
+        };
+        Ok(MediaSocket {
+            socket,
+            kernel_timestamps,
+            drained_at: Instant::now(),
+        })
+    }
+
+    /// Reads one queued datagram into `scratch.datagram`, or `None` when the queue is
+    /// empty. `now` and `wall_now` are one reading of both clocks, taken before the drain
+    /// began, to turn the kernel's wall-clock timestamp into an `Instant`.
+    fn receive(
+        &mut self,
+        scratch: &mut ReceiveScratch,
+        now: Instant,
+        wall_now: Duration,
+    ) -> Option<std::io::Result<Datagram>> {
+        let mut iov = [IoSliceMut::new(&mut scratch.datagram)];
+        let control = self.kernel_timestamps.then_some(&mut scratch.control[..]);
+        let message = match recvmsg::<SockaddrStorage>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            control,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(message) => message,
+            Err(Errno::EAGAIN) => {
+                self.drained_at = now;
+                return None;
+            }
+            Err(errno) => return Some(Err(errno.into())),
+        };
+        let from = message.address.as_ref().and_then(socket_address);
+        let received_at = message.cmsgs().ok().and_then(|mut messages| {
+            messages.find_map(|control| match control {
+                ControlMessageOwned::ScmTimestampns(at) => Some(Duration::from(at)),
+                _ => None,
+            })
+        });
+        let length = message.bytes;
+        let Some(from) = from else {
+            return Some(Err(std::io::Error::other(
+                "datagram without a source address",
+            )));
+        };
+        // Age by the wall clock, applied to the monotonic one and kept inside the window
+        // since the last drain, so a clock step can misplace a packet by at most a tick.
+        let arrival = received_at
+            .and_then(|at| now.checked_sub(wall_now.saturating_sub(at)))
+            .map_or(now, |arrival| arrival.max(self.drained_at))
+            .min(now);
+        Some(Ok(Datagram {
+            length,
+            from,
+            arrival,
+        }))
+    }
+
+    fn send_to(&self, datagram: &[u8], destination: SocketAddr) -> std::io::Result<usize> {
+        self.socket.send_to(datagram, destination)
+    }
+}
+
+fn socket_address(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    address.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+}
+
 struct StreamTask {
     session: RtpSession,
-    rtp_socket: UdpSocket,
-    rtcp_socket: UdpSocket,
+    rtp_socket: MediaSocket,
+    rtcp_socket: MediaSocket,
     /// Held for the life of the task so the ports return to the pool when it ends.
     _lease: PortLease,
     commands: mpsc::Receiver<Command>,
@@ -425,6 +583,8 @@ struct StreamTask {
     listen_tap: Option<ListenTap>,
     late_ticks: u64,
     events_dropped: u64,
+    /// The monotonic and wall clocks read together, every [`WALL_CLOCK_TICKS`].
+    clock_pair: (Instant, Duration),
 }
 
 /// One listen frame: the caller's 20 ms, then what was sent in the same tick; silence
@@ -444,30 +604,8 @@ impl StreamTask {
     async fn run(mut self, start: TokioInstant) {
         let mut interval = tokio::time::interval_at(start, FRAME_DURATION);
         interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        let mut rtp_buffer = [0u8; RECEIVE_BUFFER];
-        let mut rtcp_buffer = [0u8; RECEIVE_BUFFER];
-        let stop_reply = loop {
-            tokio::select! {
-                biased;
-                command = self.commands.recv() => match command {
-                    Some(Command::Stop(reply)) => break Some(reply),
-                    Some(command) => self.on_command(command),
-                    None => break None,
-                },
-                scheduled = interval.tick() => self.on_tick(scheduled, &mut interval),
-                received = self.rtp_socket.recv_from(&mut rtp_buffer) => {
-                    if let Ok((length, from)) = received {
-                        self.on_rtp(&rtp_buffer[..length], from);
-                    }
-                }
-                received = self.rtcp_socket.recv_from(&mut rtcp_buffer) => {
-                    if let Ok((length, from)) = received {
-                        let now = TokioInstant::now().into_std();
-                        self.session.handle_rtcp(&rtcp_buffer[..length], from, now);
-                    }
-                }
-            }
-        };
+        let stop_reply =
+            std::future::poll_fn(|context| self.poll_until_stopped(context, &mut interval)).await;
         if let Some(recorder) = self.recorder.take() {
             recorder.finish().await;
         }
@@ -477,6 +615,67 @@ impl StreamTask {
         if let Some(reply) = stop_reply {
             let _ = reply.send(final_stats);
         }
+    }
+
+    /// The task's event loop, written by hand rather than with `select!`: no futures are
+    /// built and dropped per wake-up. Commands first (a bounded number, so a flood cannot
+    /// hold up the clock), then every tick that is due. Both draw on tokio's cooperative
+    /// budget, so the task yields to others however much is pending.
+    fn poll_until_stopped(
+        &mut self,
+        context: &mut Context<'_>,
+        interval: &mut tokio::time::Interval,
+    ) -> Poll<Option<oneshot::Sender<RtpStats>>> {
+        for _ in 0..COMMANDS_PER_POLL {
+            match self.commands.poll_recv(context) {
+                Poll::Ready(Some(Command::Stop(reply))) => return Poll::Ready(Some(reply)),
+                Poll::Ready(Some(command)) => self.on_command(command),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        if !self.commands.is_empty() {
+            // Left for the next poll: without this wake-up nothing would come back for them.
+            context.waker().wake_by_ref();
+        }
+        while let Poll::Ready(scheduled) = interval.poll_tick(context) {
+            self.on_tick(scheduled, interval);
+        }
+        Poll::Pending
+    }
+
+    /// Feeds everything queued on the RTP socket to the session, stamped with its arrival.
+    fn receive_rtp(&mut self, now: Instant, wall_now: Duration) {
+        RECEIVE_SCRATCH.with_borrow_mut(|scratch| {
+            for _ in 0..MAX_DATAGRAMS_PER_TICK {
+                match self.rtp_socket.receive(scratch, now, wall_now) {
+                    None => break,
+                    Some(Ok(datagram)) => {
+                        let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
+                        self.on_rtp(bytes, datagram.from, datagram.arrival);
+                    }
+                    // ICMP errors and the like concern one datagram, not the socket.
+                    Some(Err(error)) => tracing::trace!(%error, "RTP receive failed"),
+                }
+            }
+        });
+    }
+
+    /// Feeds the RTCP reports that arrived since the last read to the session.
+    fn receive_rtcp(&mut self, now: Instant, wall_now: Duration) {
+        RECEIVE_SCRATCH.with_borrow_mut(|scratch| {
+            for _ in 0..MAX_DATAGRAMS_PER_TICK {
+                match self.rtcp_socket.receive(scratch, now, wall_now) {
+                    None => break,
+                    Some(Ok(datagram)) => {
+                        let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
+                        self.session
+                            .handle_rtcp(bytes, datagram.from, datagram.arrival);
+                    }
+                    Some(Err(error)) => tracing::trace!(%error, "RTCP receive failed"),
+                }
+            }
+        });
     }
 
     fn snapshot(&self) -> RtpStats {
@@ -528,9 +727,10 @@ impl StreamTask {
             .store(self.session.is_playing(), Ordering::Release);
     }
 
-    fn on_rtp(&mut self, datagram: &[u8], from: SocketAddr) {
-        let now = TokioInstant::now().into_std();
-        if let PacketOutcome::Dtmf(Some(digit)) = self.session.handle_packet(datagram, from, now) {
+    fn on_rtp(&mut self, datagram: &[u8], from: SocketAddr, arrival: Instant) {
+        if let PacketOutcome::Dtmf(Some(digit)) =
+            self.session.handle_packet(datagram, from, arrival)
+        {
             self.emit_control(digit.into());
         }
     }
@@ -571,17 +771,28 @@ impl StreamTask {
             }
         }
 
-        let output = self.session.on_tick(now.into_std());
+        let now = now.into_std();
+        let tick = self.shared.ticks.load(Ordering::Relaxed);
+        if tick.is_multiple_of(WALL_CLOCK_TICKS) {
+            self.clock_pair = (now, wall_clock());
+        }
+        let (paired_at, paired_wall) = self.clock_pair;
+        let wall_now = paired_wall + now.saturating_duration_since(paired_at);
+        self.receive_rtp(now, wall_now);
+        if tick.is_multiple_of(RTCP_READ_TICKS) || self.session.rtcp_due(now) {
+            self.receive_rtcp(now, wall_now);
+        }
+
+        let output = self.session.on_tick(now);
         if let Some(packet) = output.outgoing {
-            // try_send_to never waits: a full socket buffer drops this packet, not the clock.
-            if let Err(error) = self.rtp_socket.try_send_to(packet, output.destination) {
+            // The socket is non-blocking: a full buffer drops this packet, not the clock.
+            if let Err(error) = self.rtp_socket.send_to(packet, output.destination) {
                 tracing::trace!(%error, "RTP send failed");
             }
         }
         // Read by the echo detector; the media layer already sees both directions at the
         // same tick, which is the alignment echo detection needs.
         let sent_audio = output.sent_audio;
-        let tick = self.shared.ticks.load(Ordering::Relaxed);
         let peak = sent_audio.map_or(0, |frame| {
             frame.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)
         });
@@ -618,15 +829,12 @@ impl StreamTask {
         if let Some(silent_for) = inactive_for {
             self.emit_control(MediaEvent::Inactive { silent_for });
         }
-        if let Some((report, destination)) =
-            self.session.poll_rtcp(now.into_std(), SystemTime::now())
-        {
-            let socket = if self.session.negotiated().rtcp_mux {
-                &self.rtp_socket
+        if let Some((report, destination)) = self.session.poll_rtcp(now, UNIX_EPOCH + wall_now) {
+            let _ = if self.session.negotiated().rtcp_mux {
+                self.rtp_socket.send_to(&report, destination)
             } else {
-                &self.rtcp_socket
+                self.rtcp_socket.send_to(&report, destination)
             };
-            let _ = socket.try_send_to(&report, destination);
         }
         self.shared
             .playing
@@ -642,6 +850,7 @@ mod tests {
     use super::super::rtp::{RtpHeader, RtpPacket, write_packet};
     use super::super::sdp::{Codec, Direction};
     use super::*;
+    use tokio::net::UdpSocket;
 
     async fn bind_any(allocator: &PortAllocator, config: MediaConfig) -> MediaStream {
         loop {
@@ -857,6 +1066,154 @@ mod tests {
         handle.pause();
         handle.flush();
         assert!(!handle.is_paused(), "a flush clears the pause");
+        handle.stop().await;
+    }
+
+    #[test]
+    fn datagrams_read_at_a_tick_carry_their_kernel_arrival_time() {
+        let mut socket = MediaSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        assert!(socket.kernel_timestamps, "Linux timestamps UDP arrivals");
+        let local = socket.socket.local_addr().expect("addr");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(b"first", local).expect("send");
+        std::thread::sleep(Duration::from_millis(30));
+        peer.send_to(b"second", local).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+
+        let (now, wall_now) = (Instant::now(), wall_clock());
+        let mut scratch = ReceiveScratch {
+            control: [0; CONTROL_BUFFER],
+            datagram: [0; RECEIVE_BUFFER],
+        };
+        let first = socket
+            .receive(&mut scratch, now, wall_now)
+            .expect("queued")
+            .expect("read");
+        assert_eq!(&scratch.datagram[..first.length], b"first");
+        assert_eq!(first.from, peer.local_addr().expect("addr"));
+        let second = socket
+            .receive(&mut scratch, now, wall_now)
+            .expect("queued")
+            .expect("read");
+        assert_eq!(&scratch.datagram[..second.length], b"second");
+        assert!(socket.receive(&mut scratch, now, wall_now).is_none());
+        assert_eq!(socket.drained_at, now);
+
+        // Both were read at the same moment, yet keep the 30 ms between their arrivals;
+        // the read time would have made them simultaneous.
+        let apart = second.arrival - first.arrival;
+        assert!(
+            apart >= Duration::from_millis(25) && apart <= Duration::from_millis(45),
+            "{apart:?}"
+        );
+        let waited = now - second.arrival;
+        assert!(waited >= Duration::from_millis(15), "{waited:?}");
+        assert!(second.arrival <= now);
+    }
+
+    #[test]
+    fn a_wall_clock_step_cannot_place_an_arrival_outside_the_last_tick() {
+        let mut socket = MediaSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let local = socket.socket.local_addr().expect("addr");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("peer");
+        let mut scratch = ReceiveScratch {
+            control: [0; CONTROL_BUFFER],
+            datagram: [0; RECEIVE_BUFFER],
+        };
+        let previous_tick = Instant::now();
+        assert!(
+            socket
+                .receive(&mut scratch, previous_tick, wall_clock())
+                .is_none()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+
+        // The wall clock jumped forward an hour since the packet arrived: at most the
+        // previous drain.
+        peer.send_to(b"stepped", local).expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        let ahead = wall_clock() + Duration::from_secs(3600);
+        let datagram = socket
+            .receive(&mut scratch, now, ahead)
+            .expect("queued")
+            .expect("read");
+        assert_eq!(datagram.arrival, previous_tick);
+
+        // It jumped back: never later than the read.
+        peer.send_to(b"stepped", local).expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        let behind = wall_clock() - Duration::from_secs(3600);
+        let datagram = socket
+            .receive(&mut scratch, now, behind)
+            .expect("queued")
+            .expect("read");
+        assert_eq!(datagram.arrival, now);
+    }
+
+    #[tokio::test]
+    async fn steady_caller_measures_low_jitter_although_read_once_per_tick() {
+        let allocator = PortAllocator::new(43000, 43999);
+        let stream = bind_any(&allocator, MediaConfig::default()).await;
+        let target = SocketAddr::new("127.0.0.1".parse().expect("ip"), stream.local_rtp_port());
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let (handle, _events) =
+            stream.start(negotiated_towards(peer.local_addr().expect("addr")), None);
+        let mut buffer = [0u8; 200];
+        let payload = [g711::linear_to_ulaw(1000); 160];
+        // A 30 ms packet interval against the 20 ms tick: read-time stamps would land on
+        // the tick grid, 20 and 40 ms apart, and measure about 10 ms of jitter.
+        let mut grid = tokio::time::interval(Duration::from_millis(30));
+        for seq in 0..40u16 {
+            grid.tick().await;
+            let header = RtpHeader {
+                marker: seq == 0,
+                payload_type: 0,
+                sequence: seq,
+                timestamp: seq as u32 * 240,
+                ssrc: 0xACE,
+            };
+            let length = write_packet(&header, &payload, &mut buffer).expect("fits");
+            peer.send_to(&buffer[..length], target).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let stats = handle.stop().await;
+        assert_eq!(stats.packets_received, 40);
+        assert!(stats.jitter_ms < 5.0, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn rtcp_from_the_caller_is_read_within_a_read_interval() {
+        let allocator = PortAllocator::new(42000, 42999);
+        let stream = bind_any(&allocator, MediaConfig::default()).await;
+        let rtcp_target = SocketAddr::new(
+            "127.0.0.1".parse().expect("ip"),
+            stream.local_rtp_port() + 1,
+        );
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let (handle, _events) =
+            stream.start(negotiated_towards(peer.local_addr().expect("addr")), None);
+        let sender = super::super::rtcp::SenderInfo {
+            packets: 10,
+            octets: 1600,
+            rtp_timestamp: 1600,
+        };
+        let report = super::super::rtcp::build_report(
+            0xCA11,
+            "caller",
+            Some(sender),
+            None,
+            SystemTime::now(),
+        )
+        .expect("report");
+        peer.send_to(&report, rtcp_target).await.expect("send");
+        peer.send_to(b"not rtcp", rtcp_target).await.expect("send");
+        let read_interval = FRAME_DURATION * RTCP_READ_TICKS as u32;
+        tokio::time::sleep(read_interval + Duration::from_millis(60)).await;
+        let stats = handle.stats();
+        assert_eq!(stats.rtcp_received, 1, "{stats:?}");
+        assert_eq!(stats.garbage_datagrams, 1, "{stats:?}");
         handle.stop().await;
     }
 
