@@ -62,6 +62,17 @@ fn own_fresh_set_meets_targets() {
     assert_targets(&root().join("tests/data/answer_fresh.jsonl"));
 }
 
+/// Written before the engine was tuned for it, in voices the earlier sets
+/// lack (older residents, non-native speakers, teenagers, carers, rambling
+/// and recogniser-garbled callers, euphemistic distress, coercion without
+/// keywords, emergencies told as situations, alarming-but-safe wording).
+/// Its misses then guided general rules, so it is a regression set now, not
+/// an unseen one.
+#[test]
+fn own_blind4_set_meets_targets() {
+    assert_targets(&root().join("tests/data/answer_blind4.jsonl"));
+}
+
 #[test]
 fn every_escalation_category_is_detected_with_a_reason() {
     let engine = engine();
@@ -122,5 +133,104 @@ fn misheard_and_one_word_requests_are_understood() {
     ] {
         let c = engine.classify(text);
         assert_eq!(c.intent, intent, "{text}: {}", c.reason);
+    }
+}
+
+#[test]
+fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
+    let engine = engine();
+    for text in [
+        "im drowning in debt can i get a payment plan",
+        "we are drowning in leaves on our street when will it be swept",
+        "the cold in this flat is killing my joints",
+        "i could murder a pint after this call",
+        "my boss will kill me if i get another parking ticket",
+        "we had a fire last year and the smoke alarm still hasnt been replaced",
+        "my mum collapsed two years ago and now needs a carer",
+        "what should residents do if they smell gas",
+        "im not in danger i just need a new lock fitted",
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate.as_str(), "none", "{text}: {}", c.reason);
+    }
+}
+
+#[test]
+fn guards_never_hide_danger_that_is_happening_now() {
+    let engine = engine();
+    for (text, expected) in [
+        ("my son is drowning in the canal", "emergency"),
+        (
+            "i feel like im drowning and i want to end it all",
+            "escalated",
+        ),
+        ("he said hell kill me if i leave him", "escalated"),
+        (
+            "my husband will kill me if he finds out i rang you",
+            "escalated",
+        ),
+        (
+            "i smelled gas last week and now its back and stronger",
+            "emergency",
+        ),
+        (
+            "we had a gas leak last month and its leaking again",
+            "emergency",
+        ),
+        (
+            "my mum collapsed last night and still cant get up",
+            "emergency",
+        ),
+        (
+            "i saw a poster about domestic abuse and i think thats happening to me",
+            "escalated",
+        ),
+        (
+            "we are doing a project on abuse at school and my stepdad hits me",
+            "safeguarding",
+        ),
+        ("im not suicidal but i want to hurt myself", "distress"),
+    ] {
+        let c = engine.classify(text);
+        if expected == "escalated" {
+            assert!(c.escalate.is_escalation(), "{text}: {}", c.reason);
+        } else {
+            assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
+        }
+    }
+}
+
+#[test]
+fn indirect_wording_of_each_risk_is_escalated() {
+    let engine = engine();
+    for (text, expected) in [
+        (
+            "the toddler next door is hanging out of the upstairs window",
+            "emergency",
+        ),
+        ("theres a man in the river shouting", "emergency"),
+        ("a van has flipped over on the bypass", "emergency"),
+        ("the plug socket is fizzing and smoking", "emergency"),
+        ("i just want to go to sleep forever", "distress"),
+        (
+            "since my wife went i am just waiting to join her",
+            "distress",
+        ),
+        (
+            "a man at church told my son to keep their texts secret",
+            "safeguarding",
+        ),
+        (
+            "her nephew keeps getting her to sign cheques over to him",
+            "safeguarding",
+        ),
+        (
+            "they want to make her marry a man twice her age",
+            "safeguarding",
+        ),
+        ("can i have a word with a lady please", "human_request"),
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
     }
 }

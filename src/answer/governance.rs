@@ -161,6 +161,16 @@ impl CompiledMatcher {
     }
 }
 
+/// A guard masks figurative wording, unless the utterance also says the
+/// danger is happening now ("we had a gas leak last month and it's back"):
+/// a guard that cannot be switched off by present-tense evidence would hide
+/// exactly the call it must not miss.
+#[derive(Debug, Clone)]
+struct CompiledGuard {
+    matcher: CompiledMatcher,
+    unless: Option<CompiledMatcher>,
+}
+
 #[derive(Debug)]
 struct CompiledRule {
     matcher: CompiledMatcher,
@@ -173,7 +183,7 @@ struct CompiledRule {
 pub struct Governance {
     precedence: Vec<Escalation>,
     categories: BTreeMap<Escalation, CategoryPolicy>,
-    guards: Vec<CompiledMatcher>,
+    guards: Vec<CompiledGuard>,
     rules: Vec<CompiledRule>,
     pub complexity: ComplexityPolicy,
     pub safety: SafetyMessages,
@@ -192,7 +202,7 @@ struct GovernanceFile {
     safety: SafetyMessages,
     categories: BTreeMap<String, CategoryFile>,
     #[serde(default, rename = "guard")]
-    guards: Vec<MatcherFile>,
+    guards: Vec<GuardFile>,
     #[serde(rename = "rule")]
     rules: Vec<RuleFile>,
     complexity: ComplexityFile,
@@ -221,6 +231,23 @@ struct MatcherFile {
     phrases: Vec<String>,
     #[serde(default)]
     patterns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardFile {
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read by people, kept so the file may explain itself
+    note: Option<String>,
+    #[serde(default)]
+    phrases: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    /// Patterns that, when found anywhere in the utterance, stop this guard
+    /// from masking anything.
+    #[serde(default)]
+    unless: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,7 +362,29 @@ impl Governance {
         let mut seen_ids = HashSet::new();
         let mut guards = Vec::with_capacity(file.guards.len());
         for guard in &file.guards {
-            guards.push(compile_matcher(guard, "guard", &mut seen_ids).map_err(invalid)?);
+            let matcher = MatcherFile {
+                id: guard.id.clone(),
+                note: None,
+                phrases: guard.phrases.clone(),
+                patterns: guard.patterns.clone(),
+            };
+            let matcher = compile_matcher(&matcher, "guard", &mut seen_ids).map_err(invalid)?;
+            let unless = if guard.unless.is_empty() {
+                None
+            } else {
+                let exceptions = MatcherFile {
+                    id: guard.id.clone(),
+                    note: None,
+                    phrases: Vec::new(),
+                    patterns: guard.unless.clone(),
+                };
+                // Its own id set: the exceptions share the guard's id on purpose.
+                Some(
+                    compile_matcher(&exceptions, "guard `unless`", &mut HashSet::new())
+                        .map_err(invalid)?,
+                )
+            };
+            guards.push(CompiledGuard { matcher, unless });
         }
 
         let mut rules = Vec::with_capacity(file.rules.len());
@@ -506,12 +555,24 @@ impl Governance {
         let mut masked = normalised.to_string();
         let mut guard_notes = String::new();
         for guard in &self.guards {
-            for re in &guard.regexes {
+            // Checked against what the caller said, not the masked text: an
+            // earlier guard must not hide the evidence that the danger is now.
+            if let Some(present) = guard.unless.as_ref().and_then(|u| u.find(normalised)) {
+                if guard.matcher.find(&masked).is_some() {
+                    let _ = write!(
+                        guard_notes,
+                        "; guard {} not applied (\"{present}\" says it is happening now)",
+                        guard.matcher.id
+                    );
+                }
+                continue;
+            }
+            for re in &guard.matcher.regexes {
                 if let std::borrow::Cow::Owned(replaced) = re.replace_all(&masked, " _ ") {
                     let _ = write!(
                         guard_notes,
                         "; guard {} masked figurative wording",
-                        guard.id
+                        guard.matcher.id
                     );
                     masked = replaced;
                 }
@@ -647,4 +708,115 @@ fn compile_matcher(
         id: file.id.clone(),
         regexes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid file: every category, one rule, and the guard under test.
+    fn parse_with(guard: &str) -> Result<Governance, AnswerError> {
+        let text = format!(
+            r#"
+precedence = ["emergency", "distress", "safeguarding", "human_request"]
+[safety]
+no_agent_available = "call 999"
+no_agent_available_routine = "try later"
+[categories.emergency]
+threshold = 1.0
+priority = "urgent"
+queue = "urgent"
+message = "call 999"
+[categories.distress]
+threshold = 1.0
+priority = "urgent"
+queue = "safeguarding"
+message = "stay on the line"
+[categories.safeguarding]
+threshold = 1.0
+priority = "urgent"
+queue = "safeguarding"
+message = "putting you through"
+[categories.human_request]
+threshold = 1.0
+priority = "normal"
+queue = "general"
+message = "putting you through"
+[understanding]
+clarify_below = 0.4
+[complexity]
+max_low_confidence_turns = 3
+max_failed_clarifications = 2
+max_repeats = 2
+repeat_similarity = 0.8
+priority = "normal"
+message = "let me get someone"
+[complexity.frustration]
+id = "complexity.frustration"
+phrases = ["youre not listening"]
+{guard}
+[[rule]]
+id = "emergency.gas"
+category = "emergency"
+phrases = ["gas leak"]
+[[rule]]
+id = "distress.explicit"
+category = "distress"
+phrases = ["kill myself"]
+[[rule]]
+id = "safeguarding.violence"
+category = "safeguarding"
+phrases = ["hits me"]
+[[rule]]
+id = "human_request.person"
+category = "human_request"
+phrases = ["real person"]
+"#
+        );
+        Governance::parse(&text, Path::new("test.toml"))
+    }
+
+    fn governance_with(guard: &str) -> Governance {
+        parse_with(guard).expect("test governance parses")
+    }
+
+    const PAST_GUARD: &str = r#"
+[[guard]]
+id = "harmless.past_incident"
+patterns = ['\bgas\s+leak\s+last\s+(month|year)\b']
+unless = ['\b(again|its\s+back|right\s+now)\b']
+"#;
+
+    #[test]
+    fn a_guard_masks_a_past_incident() {
+        let decision = governance_with(PAST_GUARD).assess("we had a gas leak last month");
+        assert_eq!(decision.escalation, Escalation::None, "{}", decision.reason);
+        assert!(decision.reason.contains("harmless.past_incident"));
+    }
+
+    #[test]
+    fn present_tense_evidence_switches_the_guard_off() {
+        let decision =
+            governance_with(PAST_GUARD).assess("we had a gas leak last month and its back again");
+        assert_eq!(
+            decision.escalation,
+            Escalation::Emergency,
+            "{}",
+            decision.reason
+        );
+        assert!(
+            decision.reason.contains("not applied"),
+            "the audit trail says why the guard stood aside: {}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn an_invalid_unless_pattern_is_refused_with_the_guard_id() {
+        let broken = PAST_GUARD.replace(r"unless = ['\b(again", r"unless = ['\b((again");
+        let error = parse_with(&broken)
+            .expect_err("a broken `unless` pattern must stop start-up")
+            .to_string();
+        assert!(error.contains("harmless.past_incident"), "{error}");
+    }
 }
