@@ -12,11 +12,23 @@
 //! Ports are deterministic so neither side needs to tell the other anything: engine stream
 //! `i` listens on `engine_port + 2i` and expects its caller on `generator_port + 2i`.
 //! Ports default to 20000.. (engine) and 10000.. (generator): below the ephemeral range and
-//! clear of the ranges the unit tests use. Bounded: at most 5000 streams and 120 seconds,
-//! loopback only.
+//! clear of the ranges the unit tests use. Bounded: at most 5000 streams and 120 seconds.
+//!
+//! Sink mode (`--sink-interface NAME`, set up by `SINK=... scripts/media-load.sh`): on
+//! loopback the kernel charges the *receiver's* softirq work to the sender, so the engine's
+//! sendto also pays for delivering each packet into the generator's socket, a cost a real
+//! network interface would not charge it. In sink mode the caller's address
+//! (`--caller-address`) lies on a drop-only interface's subnet: the generator sends from it
+//! (IP_TRANSPARENT, as it is not a local address) to the engine's address on that interface,
+//! which the kernel still delivers over loopback (the engine's receive cost stays counted),
+//! while the engine's replies, sent to the latched caller address, leave through the IP
+//! stack and the interface's transmit routine, which drops them. The generator then cannot
+//! count what the engine sent, so the engine proves it: packets sent per stream tick, late
+//! ticks, and the interface's own packet counters over the measured window.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -55,6 +67,17 @@ struct Arguments {
     /// Engine runtime worker threads; 1 means a current-thread runtime.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Where the engine's streams listen (and the generator sends to).
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    engine_address: Ipv4Addr,
+    /// The callers' address: the generator sends from it and the engine's RTP goes to it.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    caller_address: Ipv4Addr,
+    /// Sink mode: the caller address lies on this drop-only interface's subnet. The generator
+    /// binds it transparently and expects nothing back; the engine reports the interface's
+    /// packet counters over the measured window.
+    #[arg(long, value_name = "NAME")]
+    sink_interface: Option<String>,
 }
 
 fn cpu_time() -> Duration {
@@ -92,8 +115,45 @@ fn run_queue_wait() -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// Interface names go into a /sys path: accept only what the kernel itself would.
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+}
+
+/// Packets the sink interface has swallowed so far. A dummy device counts its drops as
+/// transmitted; an ifb device counts a packet nobody redirected to it as received and
+/// dropped. Each leaves the other counter at zero, so the sum is right for both.
+fn sink_packets(interface: &str) -> std::io::Result<u64> {
+    let counter = |name: &str| -> std::io::Result<u64> {
+        let path = format!("/sys/class/net/{interface}/statistics/{name}");
+        std::fs::read_to_string(&path)?
+            .trim()
+            .parse()
+            .map_err(|error| std::io::Error::other(format!("{path}: {error}")))
+    };
+    Ok(counter("tx_packets")? + counter("rx_dropped")?)
+}
+
 fn main() -> std::io::Result<()> {
     let arguments = Arguments::parse();
+    if let Some(interface) = &arguments.sink_interface {
+        if !valid_interface_name(interface) {
+            return Err(std::io::Error::other("invalid --sink-interface name"));
+        }
+        if arguments.caller_address.is_loopback() || arguments.engine_address.is_loopback() {
+            // A loopback source cannot leave through another interface (the kernel refuses),
+            // and a loopback caller would put the engine's sends back on loopback.
+            return Err(std::io::Error::other(
+                "sink mode needs non-loopback --engine-address and --caller-address",
+            ));
+        }
+    }
     let seconds = arguments.seconds.clamp(1, MAX_SECONDS);
     let last_port_needed = |first: u16, streams: usize| first as usize + 2 * streams + 1;
     match (arguments.engine, arguments.generator) {
@@ -125,8 +185,68 @@ fn main() -> std::io::Result<()> {
     }
 }
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+fn at(address: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(address), port)
+}
+
+/// A non-blocking UDP socket bound to an address this host does not own, so the generator
+/// can send as a caller on the sink's subnet (IP_TRANSPARENT needs CAP_NET_ADMIN).
+fn bind_transparent(address: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    // SAFETY: plain socket(2); the descriptor is owned (and closed on error) right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let enable: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int of the stated size.
+    let result = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_IP,
+            libc::IP_TRANSPARENT,
+            (&raw const enable).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            error.kind(),
+            format!("IP_TRANSPARENT (needs CAP_NET_ADMIN): {error}"),
+        ));
+    }
+    let socket_address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: address.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(address.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the address is a live sockaddr_in of the stated size.
+    let result = unsafe {
+        libc::bind(
+            raw,
+            (&raw const socket_address).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            error.kind(),
+            format!("bind {address}: {error}"),
+        ));
+    }
+    Ok(UdpSocket::from(socket))
 }
 
 fn stream_port(first: u16, index: usize) -> u16 {
@@ -138,6 +258,7 @@ struct Totals {
     late_ticks: u64,
     received: u64,
     sent: u64,
+    rtcp_sent: u64,
     lost: i64,
 }
 
@@ -146,6 +267,7 @@ fn totals(handles: &[MediaHandle]) -> Totals {
         late_ticks: 0,
         received: 0,
         sent: 0,
+        rtcp_sent: 0,
         lost: 0,
     };
     for handle in handles {
@@ -153,6 +275,7 @@ fn totals(handles: &[MediaHandle]) -> Totals {
         totals.late_ticks += stats.late_ticks;
         totals.received += stats.packets_received;
         totals.sent += stats.packets_sent;
+        totals.rtcp_sent += stats.rtcp_sent;
         totals.lost += stats.packets_lost;
     }
     totals
@@ -174,7 +297,7 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
             .filter(|lease| lease.rtp_port() == expected)
             .ok_or_else(|| std::io::Error::other("port allocation out of order"))?;
         let stream = MediaStream::bind(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(arguments.engine_address),
             lease,
             MediaConfig::default(),
         )
@@ -182,8 +305,8 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
         .map_err(|error| std::io::Error::other(format!("bind port {expected}: {error}")))?;
         let caller_port = stream_port(arguments.generator_port, index);
         let negotiated = Negotiated {
-            remote_rtp: loopback(caller_port),
-            remote_rtcp: loopback(caller_port + 1),
+            remote_rtp: at(arguments.caller_address, caller_port),
+            remote_rtcp: at(arguments.caller_address, caller_port + 1),
             codec: Codec::Pcmu,
             payload_type: 0,
             dtmf_payload_type: Some(101),
@@ -221,6 +344,8 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
     // Warm-up: every stream's jitter buffer is playing before we measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    let sink = arguments.sink_interface.as_deref();
+    let sink_before = sink.map(sink_packets).transpose()?;
     let before = totals(&handles);
     let cpu_start = cpu_time();
     let wait_start = run_queue_wait();
@@ -230,6 +355,9 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
     let cpu = cpu_time().saturating_sub(cpu_start);
     let waited = run_queue_wait().saturating_sub(wait_start);
     let after = totals(&handles);
+    // Same thread as every send, and sendto runs the sink's transmit synchronously, so the
+    // counter brackets exactly the packets sent between the two snapshots.
+    let sink_after = sink.map(sink_packets).transpose()?;
     let rss_loaded = resident_kib();
     for handle in &handles {
         handle.stop().await;
@@ -237,9 +365,12 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
 
     let stream_ticks = streams as f64 * wall.as_secs_f64() / FRAME_DURATION.as_secs_f64();
     let late = after.late_ticks.saturating_sub(before.late_ticks);
+    let sent_in_window = after.sent.saturating_sub(before.sent);
+    let rtcp_in_window = after.rtcp_sent.saturating_sub(before.rtcp_sent);
+    let sent_per_tick_pct = 100.0 * sent_in_window as f64 / stream_ticks;
     // Normalised by the work actually done (every tick sends one packet): when other
     // processes starve the engine, ticks are skipped and raw CPU per second would flatter it.
-    let ticks_done = after.sent.saturating_sub(before.sent).max(1) as f64;
+    let ticks_done = sent_in_window.max(1) as f64;
     let cpu_per_tick_us = cpu.as_secs_f64() * 1e6 / ticks_done;
     let cpu_per_stream_us = cpu_per_tick_us * (1.0 / FRAME_DURATION.as_secs_f64());
     let streams_per_core = 1e6 / cpu_per_stream_us.max(f64::MIN_POSITIVE);
@@ -266,16 +397,30 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
         audio_frames.load(Ordering::Relaxed)
     );
     println!(
-        "late ticks: {late} ({:.3}% of stream ticks)",
+        "late ticks: {late} ({:.3}% of stream ticks); RTP sent per stream tick: \
+         {sent_per_tick_pct:.2}% (100% = every stream sent its packet every 20 ms)",
         100.0 * late as f64 / stream_ticks
     );
+    // -1 in the RESULT line: loopback mode, where the generator counts what arrives instead.
+    let mut sink_pct = -1.0;
+    if let (Some(interface), Some(first), Some(last)) = (sink, sink_before, sink_after) {
+        let swallowed = last.saturating_sub(first);
+        let expected = sent_in_window + rtcp_in_window;
+        sink_pct = 100.0 * swallowed as f64 / expected.max(1) as f64;
+        println!(
+            "sink {interface}: {swallowed} packets left through it and were dropped in the \
+             window; the engine counted {sent_in_window} RTP + {rtcp_in_window} RTCP sent \
+             => {sink_pct:.2}% reached the interface"
+        );
+    }
     println!(
         "memory: {rss_before} KiB before, {rss_idle} KiB idle, {rss_loaded} KiB loaded => \
          {idle_kib:.1} KiB per idle stream"
     );
     println!(
         "RESULT streams={streams} cpu_us_per_stream_s={cpu_per_stream_us:.2} \
-         streams_per_core={streams_per_core:.0} late_pct={:.4} idle_kib_per_stream={idle_kib:.2} cpu_wait_pct={:.1}",
+         streams_per_core={streams_per_core:.0} late_pct={:.4} idle_kib_per_stream={idle_kib:.2} \
+         cpu_wait_pct={:.1} sent_per_tick_pct={sent_per_tick_pct:.2} sink_pct={sink_pct:.2}",
         100.0 * late as f64 / stream_ticks,
         100.0 * waited.as_secs_f64() / wall.as_secs_f64()
     );
@@ -283,11 +428,22 @@ async fn run_engine(streams: usize, seconds: u64, arguments: &Arguments) -> std:
 }
 
 fn run_generator(streams: usize, seconds: u64, arguments: &Arguments) -> std::io::Result<()> {
+    let sink_mode = arguments.sink_interface.is_some();
     let mut sockets = Vec::with_capacity(streams);
     for index in 0..streams {
-        let socket = UdpSocket::bind(loopback(stream_port(arguments.generator_port, index)))?;
-        socket.set_nonblocking(true)?;
-        sockets.push((socket, loopback(stream_port(arguments.engine_port, index))));
+        let port = stream_port(arguments.generator_port, index);
+        let socket = if sink_mode {
+            bind_transparent(SocketAddrV4::new(arguments.caller_address, port))?
+        } else {
+            let socket = UdpSocket::bind(at(arguments.caller_address, port))?;
+            socket.set_nonblocking(true)?;
+            socket
+        };
+        let target = at(
+            arguments.engine_address,
+            stream_port(arguments.engine_port, index),
+        );
+        sockets.push((socket, target));
     }
     let payload = [g711::linear_to_ulaw(2000); FRAME_SAMPLES];
     let mut packet = [0u8; 172];
@@ -324,15 +480,21 @@ fn run_generator(streams: usize, seconds: u64, arguments: &Arguments) -> std::io
             {
                 sent += 1;
             }
-            while socket.recv_from(&mut drain).is_ok() {
+            // In sink mode the engine's packets never come here.
+            while !sink_mode && socket.recv_from(&mut drain).is_ok() {
                 received += 1;
             }
         }
     }
     let wall = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_start);
+    let received = if sink_mode {
+        "none counted (the engine's packets went to the sink)".to_string()
+    } else {
+        format!("{received} received")
+    };
     println!(
-        "generator: {streams} streams, {:.1} s, {sent} sent, {received} received, \
+        "generator: {streams} streams, {:.1} s, {sent} sent, {received}, \
          cpu {:.1}% of one core, {late_groups} late send groups",
         wall.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
