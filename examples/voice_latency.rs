@@ -62,10 +62,15 @@ struct Arguments {
     /// Dialled number.
     #[arg(long, default_value = "1000")]
     number: String,
+    /// Also print each call's latencies, in the order asked (the first
+    /// round's first answers are the engine's cold figures).
+    #[arg(long)]
+    each: bool,
 }
 
 #[derive(Debug, Default)]
 struct CallResult {
+    index: usize,
     /// End of the caller's speech → first voiced packet of the answer.
     latencies: Vec<Duration>,
     /// Caller's speech onset over an answer → Frontdoor silent.
@@ -109,8 +114,9 @@ fn main() -> std::process::ExitCode {
             std::thread::sleep(Duration::from_millis(args.stagger_ms));
             threads.push(std::thread::spawn(move || {
                 let result = match run_call(index, target, &number, &questions) {
-                    Ok(result) => result,
+                    Ok(result) => CallResult { index, ..result },
                     Err(error) => CallResult {
+                        index,
                         error: Some(error),
                         ..CallResult::default()
                     },
@@ -126,7 +132,21 @@ fn main() -> std::process::ExitCode {
     let mut latencies = Vec::new();
     let mut barge_ins = Vec::new();
     let mut failed = 0;
-    for result in results_rx {
+    let mut results: Vec<CallResult> = results_rx.into_iter().collect();
+    results.sort_by_key(|r| r.index);
+    for result in results {
+        if args.each {
+            let each: Vec<String> = result
+                .latencies
+                .iter()
+                .map(|l| l.as_millis().to_string())
+                .collect();
+            println!(
+                "call {}: voice-to-voice ms {}",
+                result.index,
+                each.join(" ")
+            );
+        }
         if let Some(error) = &result.error {
             eprintln!("call failed: {error}");
             failed += 1;

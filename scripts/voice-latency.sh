@@ -10,7 +10,12 @@
 # single-call case is repeated RUNS_SINGLE times for enough samples. Each
 # caller asks three questions: the first after the greeting, the next two
 # over the previous answer (barge-in). Prints p50/p95 per count.
-# Env: NO_BUILD=1 skips the release build; ENGINE_LOG=FILE keeps the engine's log; SIP_PORT (5090), RTP_PORTS
+# The engine starts fresh each time: the first single call is the cold case
+# (knowledge-base answers are synthesised ahead of time from the first call
+# on, and every synthesised sentence is kept), later calls are warm.
+# Env: NO_BUILD=1 skips the release build; ENGINE_LOG=FILE keeps the engine's log;
+# EACH=1 also prints every call's latencies in order; KNOWLEDGE_DIR (default
+# knowledge) and GOVERNANCE_FILE (default governance/safeguarding.toml); SIP_PORT (5090), RTP_PORTS
 # (31000-31999). Bounded: at most 64 calls, 120 s per call; loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,13 +42,13 @@ trap cleanup EXIT
 
 # A short greeting keeps each call short; the rest of the knowledge is as shipped.
 mkdir -p "$workdir/knowledge" "$workdir/dialplans" "$workdir/data"
-cp knowledge/*.toml "$workdir/knowledge/"
+cp "${KNOWLEDGE_DIR:-knowledge}"/*.toml "$workdir/knowledge/"
 sed -i 's/^greeting = .*/greeting = "Hello, you'"'"'re through to the city council. How can I help?"/' \
     "$workdir/knowledge/assistant.toml"
 cat >"$workdir/config.toml" <<TOML
 [assistant]
 knowledge_dir = "$workdir/knowledge"
-governance_file = "$PWD/governance/safeguarding.toml"
+governance_file = "${GOVERNANCE_FILE:-$PWD/governance/safeguarding.toml}"
 [logging]
 level = "info"
 TOML
@@ -79,9 +84,9 @@ echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for count in $counts; do
     if [[ "$count" == 1 ]]; then
         timeout 600 "$client" --target "127.0.0.1:$sip_port" --calls 1 \
-            --repeat "$runs_single" "${questions[@]}"
+            --repeat "$runs_single" ${EACH:+--each} "${questions[@]}"
     else
-        timeout 300 "$client" --target "127.0.0.1:$sip_port" --calls "$count" "${questions[@]}"
+        timeout 300 "$client" --target "127.0.0.1:$sip_port" --calls "$count" ${EACH:+--each} "${questions[@]}"
     fi
 done
 echo "engine warnings: $(grep -c WARN "$workdir/engine.log" || true)"

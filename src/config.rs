@@ -258,6 +258,10 @@ pub struct AssistantSection {
     pub asr_workers: Option<usize>,
     /// Speech-synthesis worker threads. Default: 1.
     pub tts_workers: usize,
+    /// Memory for synthesised sentences (MiB). Every answer in the knowledge
+    /// base is synthesised ahead of time into it while the machine is idle, so
+    /// a known answer starts without waiting for synthesis. 0 turns it off.
+    pub tts_cache_mb: usize,
 }
 
 impl Default for SipSection {
@@ -340,6 +344,7 @@ impl Default for AssistantSection {
             governance_file: PathBuf::from("governance/safeguarding.toml"),
             asr_workers: None,
             tts_workers: 1,
+            tts_cache_mb: 16,
         }
     }
 }

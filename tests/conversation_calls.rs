@@ -626,3 +626,57 @@ fn caller_hanging_up_mid_answer_tears_down_cleanly() {
         "teardown was not clean:\n{log}"
     );
 }
+
+/// The answer can be worked out (and its synthesis started) while the caller
+/// pauses, but it is spoken only if the turn ends with exactly those words: a
+/// caller who pauses mid-request and goes on is answered on the whole request.
+#[test]
+fn a_caller_who_pauses_mid_request_is_answered_on_the_whole_request() {
+    let Some((_serial, dir)) =
+        start_call_test("a_caller_who_pauses_mid_request_is_answered_on_the_whole_request")
+    else {
+        return;
+    };
+    let config = short_greeting_config(dir.path());
+    let start = spoken_8k(dir.path(), "Um, I was wondering about");
+    let rest = spoken_8k(dir.path(), "my bin collection day, please.");
+    // 300 ms between the two, plus the voice's own trailing quiet: longer
+    // than the pause after which the turn so far is recognised, shorter than
+    // the silence that ends an incomplete turn.
+    let rest_at = QUESTION_AT_MS + (start.len() / 8) as u32 + 300;
+    let question_end = rest_at + (rest.len() / 8) as u32;
+    let mut track = CallerTrack::silent_for(question_end + 9_000);
+    track
+        .mix(QUESTION_AT_MS, &start, 1.0)
+        .mix(rest_at, &rest, 1.0);
+    let ulaw = track.write_ulaw(&dir.path().join("caller.ul"));
+    let mut engine = assistant_engine(&config, ASSISTANT_DIALPLAN);
+    let run = call_with(&engine, &ulaw, question_end + 8_000);
+    assert_sipp_ok(&run, &engine, "mid-request pause call");
+    engine.wait_call_ended(run.call_ids.first().expect("call id"));
+
+    let turns = turns(&engine);
+    let caller: Vec<_> = turns.iter().filter(|t| t.0 == "caller").collect();
+    assert_eq!(
+        caller.len(),
+        1,
+        "the pause split the request: {turns:#?}\n{}",
+        engine.log()
+    );
+    assert!(
+        caller[0].1.to_lowercase().contains("bin"),
+        "the whole request was not recognised: {turns:#?}"
+    );
+    // The greeting, then one answer: the one to the whole request.
+    let answers: Vec<_> = turns
+        .iter()
+        .filter(|t| t.0 == "assistant")
+        .skip(1)
+        .collect();
+    assert!(
+        answers.len() == 1 && answers[0].2.as_deref() == Some("bin_day"),
+        "an answer to the words before the pause was spoken: {turns:#?}\n{}",
+        engine.log()
+    );
+    engine.stop();
+}

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::listener::{Listener, ListenerEvent, PartialPolicy};
 use super::{ActionsOutcome, CallMedia};
-use crate::answer::{Action, AnswerEngine, Conversation, Escalation};
+use crate::answer::{Action, AnswerEngine, Conversation, Escalation, Turn};
 use crate::asr::{AsrError, AsrPool, Utterance};
 use crate::events::{CallEvent, EventBus};
 use crate::media::{MediaEvent, SAMPLE_RATE};
@@ -305,11 +305,70 @@ struct Hold {
 struct Speculation {
     speech_end: Duration,
     transcript: Speculated,
+    /// The caller spoke again since the pause: the words are only a partial
+    /// transcript now, never answered.
+    resumed: bool,
 }
 
 enum Speculated {
     Running(AsrFuture),
     Done(String),
+    /// Recognised and answered before the turn ended; spoken only if the
+    /// turn ends with exactly these words, dropped (synthesis cancelled)
+    /// when the caller goes on.
+    Answered(Box<PreparedAnswer>),
+}
+
+/// An answer worked out ahead of the end of the turn it answers.
+struct PreparedAnswer {
+    text: String,
+    turn: Turn,
+    /// The conversation as it is once this answer is given.
+    conversation: Conversation,
+    /// Its synthesis, already running (cached sentences already in it).
+    stream: Option<TtsStream>,
+    /// [`Pipeline::answers_given`] when it was prepared: another answer
+    /// since (a key press) makes it stale.
+    after_answers: u64,
+}
+
+/// When each step of a turn happened, from the caller's last speech to the
+/// answer's first audio: the engine's share of voice-to-voice latency,
+/// logged once per turn.
+#[derive(Debug, Clone, Copy)]
+struct TurnClock {
+    /// Wall-clock time of the caller's last speech as the VAD placed it.
+    speech_end: Instant,
+    speech_end_stream: Duration,
+    speculation_started: Option<Instant>,
+    recognised: Option<Instant>,
+    turn_ended: Option<Instant>,
+    answered: Option<Instant>,
+    /// The answer was prepared from a speculative transcript.
+    prepared: bool,
+}
+
+impl TurnClock {
+    /// A clock for the speech that ended at stream time `speech_end`, seen
+    /// at stream time `seen_at` (which is now).
+    fn new(speech_end: Duration, seen_at: Duration) -> TurnClock {
+        let now = Instant::now();
+        TurnClock {
+            speech_end: now
+                .checked_sub(seen_at.saturating_sub(speech_end))
+                .unwrap_or(now),
+            speech_end_stream: speech_end,
+            speculation_started: None,
+            recognised: None,
+            turn_ended: None,
+            answered: None,
+            prepared: false,
+        }
+    }
+
+    fn since_speech(&self, at: Option<Instant>) -> Option<u64> {
+        at.map(|at| at.saturating_duration_since(self.speech_end).as_millis() as u64)
+    }
 }
 
 /// Continuous speech between two partial transcripts of a long turn.
@@ -366,6 +425,49 @@ pub fn short_burst_interrupts(text: &str) -> bool {
     content >= 3
 }
 
+/// No speech recognition is running or waiting: ahead-of-time synthesis
+/// may use a core without slowing down a caller's turn.
+pub fn recognition_idle() -> bool {
+    let asr = &crate::metrics::pipeline().asr;
+    asr.busy.get() == 0 && asr.queued.get() == 0
+}
+
+/// Everything the assistant says that never changes, in the order it is
+/// worth synthesising ahead of time: answers first, then the assistant's
+/// common follow-ups, request flows' fixed lines, and details. Texts with
+/// `{placeholders}` are filled per call and left out (their fixed sentences
+/// are cached when first spoken).
+pub fn static_answer_texts(answer: &AnswerEngine) -> Vec<String> {
+    let knowledge = answer.knowledge();
+    let words = &knowledge.assistant;
+    let mut texts: Vec<String> = knowledge.intents.iter().map(|i| i.answer.clone()).collect();
+    texts.extend(
+        [
+            &words.anything_else,
+            &words.more_detail_offer,
+            &words.clarify,
+            &words.out_of_scope,
+            &words.not_heard,
+            &words.goodbye,
+            &words.human_offer,
+            &words.human_transfer,
+            &words.start_again,
+            &words.what_to_change,
+            &words.slot_not_understood,
+        ]
+        .into_iter()
+        .cloned(),
+    );
+    for flow in knowledge.intents.iter().filter_map(|i| i.flow.as_ref()) {
+        texts.push(flow.intro.clone());
+        texts.extend(flow.slots.iter().map(|slot| slot.prompt.clone()));
+    }
+    texts.extend(knowledge.intents.iter().filter_map(|i| i.detail.clone()));
+    let mut seen = std::collections::HashSet::new();
+    texts.retain(|t| !t.trim().is_empty() && !t.contains('{') && seen.insert(t.clone()));
+    texts
+}
+
 /// Runs the assistant until the conversation ends or the media dies. The
 /// caller hanging up is handled by the signalling layer, which drops this
 /// future (dropping the listener thread and any synthesis in flight).
@@ -375,6 +477,13 @@ pub async fn run_assistant(
     media: &mut CallMedia,
     log: &CallLog<'_>,
 ) -> ActionsOutcome {
+    // Knowledge-base answers are fixed text: their first sentences are
+    // synthesised ahead of time (once per engine, whichever call comes first
+    // if start-up did not already), while recognition has a core to spare.
+    services.tts.presynthesize_once(
+        || static_answer_texts(&services.answer),
+        Some(Arc::new(recognition_idle)),
+    );
     let asr = services.asr.clone();
     let partials = PartialPolicy {
         every: PARTIAL_EVERY,
@@ -400,12 +509,15 @@ pub async fn run_assistant(
         conversation: services.answer.new_conversation(),
         speaking: None,
         pending_asr: None,
+        turn_audio: None,
         hold: None,
         speculation: None,
         partial: None,
         partials_shown: 0,
+        speculations: 0,
         answered_burst_end: None,
-        turn_ended: None,
+        turn_clock: None,
+        answers_given: 0,
         reprompts: 0,
         at_risk: false,
         ending: false,
@@ -414,6 +526,31 @@ pub async fn run_assistant(
         silence_deadline: None,
     };
     pipeline.run(media, log).await
+}
+
+/// How long a turn's recognition keeps asking for a recogniser while every
+/// one is busy (the caller hears a holding phrase meanwhile) before the
+/// caller is asked again: under load the queue drains within a few passes
+/// (0.3–1 s each), and an answer a moment late beats asking the caller to
+/// repeat themselves.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(4);
+const BUSY_RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Recognises a turn's audio, retrying while every recogniser is busy (up
+/// to [`BUSY_RETRY_FOR`]).
+async fn recognise_turn(
+    asr: Arc<AsrPool>,
+    utterance: Utterance,
+) -> Result<crate::asr::Transcript, AsrError> {
+    let give_up = Instant::now() + BUSY_RETRY_FOR;
+    loop {
+        match asr.submit(utterance.clone()).await {
+            Err(AsrError::Busy) if Instant::now() < give_up => {
+                tokio::time::sleep(BUSY_RETRY_EVERY).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 type AsrFuture = std::pin::Pin<
@@ -427,6 +564,9 @@ struct Pipeline<'s> {
     conversation: Conversation,
     speaking: Option<Speaking>,
     pending_asr: Option<AsrFuture>,
+    /// The audio of the turn `pending_asr` recognises, for a second try
+    /// when every recogniser was busy.
+    turn_audio: Option<Vec<i16>>,
     hold: Option<Hold>,
     speculation: Option<Speculation>,
     /// A partial transcript of the turn in progress, on an otherwise idle
@@ -434,12 +574,16 @@ struct Pipeline<'s> {
     partial: Option<AsrFuture>,
     /// Partial transcripts shown for the turn in progress, for the log.
     partials_shown: u32,
+    /// Speculative recognitions started in the turn in progress, for the log.
+    speculations: u32,
     /// A short burst answered from its own words ends here: the turn the
     /// endpoint detector reports for it is not a second question.
     answered_burst_end: Option<Duration>,
-    /// When the last turn ended, until its answer's first audio is queued:
-    /// the engine's share of voice-to-voice latency, for the log.
-    turn_ended: Option<(Instant, Duration, bool)>,
+    /// The steps of the caller's latest turn, until its answer's first
+    /// audio is queued (for the latency log).
+    turn_clock: Option<TurnClock>,
+    /// Answers given so far on this call.
+    answers_given: u64,
     reprompts: u32,
     /// A risk escalation happened: never hang up on this caller.
     at_risk: bool,
@@ -522,16 +666,33 @@ impl Pipeline<'_> {
                         }
                     }
                     Some(ListenerEvent::BargeIn { onset }) => self.barge_in(media, log, onset).await,
-                    Some(ListenerEvent::TurnPausing { speech_end, audio, .. }) => {
+                    Some(ListenerEvent::TurnResumed) => {
+                        // Its recognition still makes a live partial; an answer
+                        // already prepared is dropped (its synthesis cancelled).
+                        if let Some(speculation) = self.speculation.as_mut() {
+                            speculation.resumed = true;
+                            if let Speculated::Answered(prepared) = &speculation.transcript {
+                                speculation.transcript = Speculated::Done(prepared.text.clone());
+                            }
+                        }
+                    }
+                    Some(ListenerEvent::TurnPausing { speech_end, at, audio, .. }) => {
                         if self.speaking.is_none() && !audio.is_empty() {
                             // The speculation covers more of the turn and is
                             // shown as its partial: an older one would lag it.
                             self.partial = None;
+                            let mut clock = TurnClock::new(speech_end, at);
+                            clock.speculation_started = Some(Instant::now());
+                            self.turn_clock = Some(clock);
+                            self.speculations += 1;
+                            // Ahead-of-time synthesis must not share a core with this.
+                            self.services.tts.give_way();
                             let asr = self.services.asr.clone();
                             let utterance = Utterance::from_telephony_i16(&audio);
                             self.speculation = Some(Speculation {
                                 speech_end,
                                 transcript: Speculated::Running(Box::pin(async move { asr.submit(utterance).await })),
+                                resumed: false,
                             });
                         }
                     }
@@ -542,13 +703,19 @@ impl Pipeline<'_> {
                             info!(
                                 turn_ms = speech_end.saturating_sub(onset).as_millis() as u64,
                                 partial_transcripts = self.partials_shown,
+                                speculative_passes = self.speculations,
                                 "caller's turn ended"
                             );
                         }
                         self.partials_shown = 0;
+                        self.speculations = 0;
                         let speculation = self.speculation.take();
-                        let recognised_early = speculation.as_ref().is_some_and(|s| s.speech_end == speech_end);
-                        self.turn_ended = Some((Instant::now(), detected_at.saturating_sub(speech_end), recognised_early));
+                        let mut clock = self
+                            .turn_clock
+                            .filter(|c| c.speech_end_stream == speech_end)
+                            .unwrap_or_else(|| TurnClock::new(speech_end, detected_at));
+                        clock.turn_ended = Some(Instant::now());
+                        self.turn_clock = Some(clock);
                         if self.speaking.is_some() {
                             // Speech while Frontdoor talks that never became a
                             // barge-in (a backchannel, a cough): not a turn.
@@ -562,7 +729,20 @@ impl Pipeline<'_> {
                             continue;
                         }
                         match speculation {
-                            Some(Speculation { speech_end: s, transcript: Speculated::Done(text) }) if s == speech_end => {
+                            Some(Speculation { speech_end: s, transcript: Speculated::Answered(prepared), .. }) if s == speech_end => {
+                                // Answered during the pause, with these very words.
+                                let PreparedAnswer { text, turn, conversation, stream, after_answers } = *prepared;
+                                log.turn("caller", &text, None).await;
+                                if after_answers == self.answers_given {
+                                    self.conversation = conversation;
+                                    self.act(media, log, &text, turn, stream).await;
+                                } else {
+                                    drop(stream);
+                                    self.handle_text(media, log, &text).await;
+                                }
+                                continue;
+                            }
+                            Some(Speculation { speech_end: s, transcript: Speculated::Done(text), .. }) if s == speech_end => {
                                 // Recognised during the pause: nothing left to wait for.
                                 if !text.is_empty() {
                                     log.turn("caller", &text, None).await;
@@ -570,7 +750,7 @@ impl Pipeline<'_> {
                                 }
                                 continue;
                             }
-                            Some(Speculation { speech_end: s, transcript: Speculated::Running(asr) }) if s == speech_end => {
+                            Some(Speculation { speech_end: s, transcript: Speculated::Running(asr), .. }) if s == speech_end => {
                                 self.pending_asr = Some(asr);
                                 continue;
                             }
@@ -579,26 +759,43 @@ impl Pipeline<'_> {
                         if audio.is_empty() {
                             continue;
                         }
+                        self.services.tts.give_way();
                         let asr = self.services.asr.clone();
                         let utterance = Utterance::from_telephony_i16(&audio);
                         self.pending_asr = Some(Box::pin(async move { asr.submit(utterance).await }));
+                        // Kept in case every recogniser is busy (then it waits its turn).
+                        self.turn_audio = Some(audio);
                     }
                 },
                 result = async { self.pending_asr.as_mut().expect("guarded").await }, if self.pending_asr.is_some() => {
                     self.pending_asr = None;
+                    let turn_audio = self.turn_audio.take();
                     match result {
                         Ok(t) if !t.text.trim().is_empty() => {
                             let text = t.text.trim().to_string();
+                            if let Some(clock) = self.turn_clock.as_mut() {
+                                clock.recognised.get_or_insert_with(Instant::now);
+                            }
                             log.turn("caller", &text, None).await;
                             self.handle_text(media, log, &text).await;
                         }
                         Ok(_) => {}
-                        Err(AsrError::Busy) => {
-                            // Every recogniser is busy: say so rather than go quiet.
-                            warn!("speech recognition saturated");
-                            self.say_cached(media, HOLDING_PHRASE);
-                            self.queue_more(media, NOT_HEARD);
-                        }
+                        Err(AsrError::Busy) => match turn_audio {
+                            Some(audio) => {
+                                // Every recogniser is busy: the caller hears they
+                                // were heard, and the turn waits for a recogniser
+                                // (its answer follows the holding phrase).
+                                warn!("speech recognition saturated; holding phrase while the turn waits");
+                                self.say_cached(media, HOLDING_PHRASE);
+                                let asr = self.services.asr.clone();
+                                let utterance = Utterance::from_telephony_i16(&audio);
+                                self.pending_asr = Some(Box::pin(recognise_turn(asr, utterance)));
+                            }
+                            None => {
+                                warn!("speech recognition saturated; the caller is asked again");
+                                self.queue_more(media, NOT_HEARD);
+                            }
+                        },
                         Err(e) => {
                             warn!(error = %e, "speech recognition failed");
                             self.say(media, NOT_HEARD);
@@ -622,18 +819,37 @@ impl Pipeline<'_> {
                         _ => unreachable!("guarded"),
                     }
                 }, if matches!(self.speculation, Some(Speculation { transcript: Speculated::Running(_), .. })) => {
-                    // A failed speculation only means the turn is recognised at its end.
-                    let text = result.map(|t| t.text.trim().to_string()).unwrap_or_default();
+                    let text = match result {
+                        Ok(transcript) => transcript.text.trim().to_string(),
+                        Err(error) => {
+                            // A failed speculation (every recogniser busy) only
+                            // means the turn is recognised at its end: it must
+                            // not stand for the turn as an empty transcript.
+                            debug!(%error, "speculative recognition failed");
+                            self.speculation = None;
+                            continue;
+                        }
+                    };
+                    if let Some(clock) = self.turn_clock.as_mut() {
+                        clock.recognised = Some(Instant::now());
+                    }
                     let complete = self.is_complete_request(&text);
                     if !text.is_empty() && self.speaking.is_none() {
                         log.partial("caller", &text);
                         self.partials_shown += 1;
                     }
+                    let resumed = self.speculation.as_ref().is_some_and(|s| s.resumed);
+                    let transcript = if !text.is_empty() && self.speaking.is_none() && !resumed {
+                        Speculated::Answered(Box::new(self.prepare_answer(text)))
+                    } else {
+                        Speculated::Done(text)
+                    };
                     if let Some(speculation) = self.speculation.as_mut() {
+                        speculation.transcript = transcript;
+                        // Only now: the turn may end at once, and its answer is ready.
                         if complete {
                             self.listener.utterance_complete(speculation.speech_end);
                         }
-                        speculation.transcript = Speculated::Done(text);
                     }
                 }
                 result = async {
@@ -664,12 +880,19 @@ impl Pipeline<'_> {
                     if self.speaking.as_ref().is_some_and(|s| s.stream.is_some()) => {
                     match chunk {
                         Some(Ok(chunk)) => {
-                            if let Some((ended, silence, recognised_early)) = self.turn_ended.take() {
+                            if let Some(clock) = self.turn_clock.take()
+                                && clock.answered.is_some()
+                            {
+                                let now = Some(Instant::now());
                                 info!(
-                                    end_of_turn_silence_ms = silence.as_millis() as u64,
-                                    recognised_early,
-                                    to_first_audio_ms = ended.elapsed().as_millis() as u64,
-                                    "answer's first audio queued"
+                                    speculation_started_ms = clock.since_speech(clock.speculation_started),
+                                    recognised_ms = clock.since_speech(clock.recognised),
+                                    turn_ended_ms = clock.since_speech(clock.turn_ended),
+                                    answered_ms = clock.since_speech(clock.answered),
+                                    first_audio_ms = clock.since_speech(now),
+                                    to_first_audio_ms = clock.turn_ended.map(|t| t.elapsed().as_millis() as u64),
+                                    prepared = clock.prepared,
+                                    "answer's first audio queued (times from the caller's last speech)"
                                 );
                             }
                             if let Some(s) = self.speaking.as_mut() {
@@ -816,8 +1039,52 @@ impl Pipeline<'_> {
     }
 
     async fn handle_text(&mut self, media: &mut CallMedia, log: &CallLog<'_>, text: &str) {
-        self.reprompts = 0;
         let turn = self.conversation.respond(&self.services.answer, text);
+        self.act(media, log, text, turn, None).await;
+    }
+
+    /// Works out the answer to a speculative transcript without changing
+    /// the conversation, and starts synthesising it, so that when the turn
+    /// ends with these words the answer is ready to play.
+    fn prepare_answer(&mut self, text: String) -> PreparedAnswer {
+        let mut conversation = self.conversation.clone();
+        let turn = conversation.respond(&self.services.answer, &text);
+        // A transfer reply with a handoff comes from the prompt cache.
+        let from_prompts = matches!(turn.action, Action::Transfer { .. })
+            && self.settings.handoff_available
+            && self.services.prompts.get(&turn.reply).is_some();
+        let stream = if from_prompts {
+            None
+        } else {
+            self.services.tts.try_speak(&turn.reply).ok()
+        };
+        if let Some(clock) = self.turn_clock.as_mut() {
+            clock.prepared = true;
+        }
+        PreparedAnswer {
+            text,
+            turn,
+            conversation,
+            stream,
+            after_answers: self.answers_given,
+        }
+    }
+
+    /// Acts on the answer to what the caller said: records it, carries out
+    /// its action and speaks it (`prepared`: its synthesis, already started).
+    async fn act(
+        &mut self,
+        media: &mut CallMedia,
+        log: &CallLog<'_>,
+        text: &str,
+        turn: Turn,
+        prepared: Option<TtsStream>,
+    ) {
+        self.reprompts = 0;
+        self.answers_given += 1;
+        if let Some(clock) = self.turn_clock.as_mut() {
+            clock.answered = Some(Instant::now());
+        }
         let reason = turn.reason.clone();
         if turn.escalation != Escalation::None {
             log.audit(
@@ -866,7 +1133,16 @@ impl Pipeline<'_> {
         }
         log.turn("assistant", &turn.reply, Some((&turn, &reason)))
             .await;
-        self.say(media, &turn.reply);
+        let holding = self
+            .speaking
+            .as_ref()
+            .is_some_and(|s| s.text == HOLDING_PHRASE);
+        match prepared {
+            Some(stream) => self.say_prepared(media, &turn.reply, stream),
+            // "One moment, please." is not cut short by the answer it announced.
+            None if holding => self.queue_more(media, &turn.reply),
+            None => self.say(media, &turn.reply),
+        }
         self.transcript.push(format!("caller: {text}"));
         self.transcript.push(format!("assistant: {}", turn.reply));
         if let Action::Transfer {
@@ -925,6 +1201,16 @@ impl Pipeline<'_> {
         self.start_stream(media, text);
     }
 
+    /// Speaks `text` whose synthesis is already under way in `stream`.
+    fn say_prepared(&mut self, media: &mut CallMedia, text: &str, stream: TtsStream) {
+        if let Some(old) = self.speaking.take() {
+            media.handle.flush();
+            drop(old);
+        }
+        self.hold = None;
+        self.begin_speaking(media, text, stream);
+    }
+
     /// Speaks `text` after whatever is being said now.
     fn queue_more(&mut self, media: &mut CallMedia, text: &str) {
         if let Some(s) = self.speaking.as_mut() {
@@ -939,21 +1225,23 @@ impl Pipeline<'_> {
 
     fn start_stream(&mut self, media: &mut CallMedia, text: &str) {
         match self.services.tts.try_speak(text) {
-            Ok(stream) => {
-                self.silence_deadline = None;
-                self.listener.bot_speaking(true);
-                let queued = self.speaking.take().map(|s| s.queued).unwrap_or_default();
-                self.speaking = Some(Speaking {
-                    stream: Some(stream),
-                    text: text.to_string(),
-                    parts: Vec::new(),
-                    sent_before: media.handle.stats().samples_sent,
-                    queued,
-                    started: Instant::now(),
-                });
-            }
+            Ok(stream) => self.begin_speaking(media, text, stream),
             Err(e) => warn!(error = %e, "cannot synthesise; nothing said"),
         }
+    }
+
+    fn begin_speaking(&mut self, media: &mut CallMedia, text: &str, stream: TtsStream) {
+        self.silence_deadline = None;
+        self.listener.bot_speaking(true);
+        let queued = self.speaking.take().map(|s| s.queued).unwrap_or_default();
+        self.speaking = Some(Speaking {
+            stream: Some(stream),
+            text: text.to_string(),
+            parts: Vec::new(),
+            sent_before: media.handle.stats().samples_sent,
+            queued,
+            started: Instant::now(),
+        });
     }
 
     /// Starts the next queued text; false when nothing is queued.

@@ -88,8 +88,13 @@ pub enum ListenerEvent {
     TurnPausing {
         onset: Duration,
         speech_end: Duration,
+        /// Stream time the pause was judged long enough (for the latency log).
+        at: Duration,
         audio: Vec<i16>,
     },
+    /// The caller spoke again after a [`ListenerEvent::TurnPausing`]: what
+    /// was recognised or prepared for that pause is not the whole turn.
+    TurnResumed,
     /// The caller has been talking for a while without a pause and a
     /// recogniser is idle: the turn's audio so far, for a partial transcript
     /// (see [`PartialPolicy`]).
@@ -120,6 +125,12 @@ const BURST_PRE_ROLL: Duration = Duration::from_millis(100);
 const TAIL: Duration = Duration::from_millis(150);
 /// Silence inside a turn after which its audio is recognised speculatively.
 const SPECULATE_AFTER: Duration = Duration::from_millis(192);
+/// The same when a recogniser is idle: recognition is the longest step
+/// between the end of a caller's speech and the answer, so it starts as soon
+/// as a pause is plausible. A pause that turns out to be mid-sentence costs
+/// only an idle recogniser's time (the pass is cancelled when the caller
+/// goes on); under load the longer wait avoids wasted passes.
+const SPECULATE_AFTER_IDLE: Duration = Duration::from_millis(96);
 
 impl Listener {
     pub fn spawn(
@@ -355,10 +366,11 @@ impl Ear {
                 if self.speculated {
                     // The caller went on: the words so far were not the whole request.
                     self.endpoint.set_utterance_complete(false);
+                    events.push(ListenerEvent::TurnResumed);
                 }
                 self.speculated = false;
             } else if !self.speculated
-                && window.end.saturating_sub(last_speech_end) >= SPECULATE_AFTER
+                && self.pause_long_enough(window.end.saturating_sub(last_speech_end))
                 && let Some(from) = self.turn_from
             {
                 self.speculated = true;
@@ -367,6 +379,7 @@ impl Ear {
                 events.push(ListenerEvent::TurnPausing {
                     onset,
                     speech_end: last_speech_end,
+                    at: window.end,
                     audio: self.audio_between(from, samples_for(last_speech_end + TAIL)),
                 });
             }
@@ -395,6 +408,17 @@ impl Ear {
                 });
             }
         }
+    }
+
+    /// Whether a pause of `silent_for` inside a turn is long enough to
+    /// recognise the turn so far: sooner while a recogniser is idle.
+    fn pause_long_enough(&self, silent_for: Duration) -> bool {
+        silent_for >= SPECULATE_AFTER
+            || (silent_for >= SPECULATE_AFTER_IDLE
+                && self
+                    .partials
+                    .as_ref()
+                    .is_some_and(|policy| (policy.worker_idle)()))
     }
 
     /// Whether the turn's audio should be offered for a partial transcript at

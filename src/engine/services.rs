@@ -74,10 +74,18 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
         voice,
         TtsPoolConfig {
             workers: tts_workers,
+            sentence_cache_bytes: config.assistant.tts_cache_mb.saturating_mul(1024 * 1024),
             ..Default::default()
         },
     )
     .context("starting speech synthesis workers")?;
+    // Every answer the knowledge base can give is synthesised into the
+    // sentence cache in the background, only while no caller's words are
+    // being recognised, so known answers start without synthesis delay.
+    tts.presynthesize_once(
+        || crate::call::assistant::static_answer_texts(&answer),
+        Some(Arc::new(crate::call::assistant::recognition_idle)),
+    );
 
     let vad = SileroVadModel::load(&models.silero_vad).context("loading Silero VAD")?;
 

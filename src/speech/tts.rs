@@ -6,7 +6,9 @@
 //! cancelled (barge-in): the flag is checked between sentences and ONNX
 //! Runtime's terminate flag stops a sentence already running.
 
-use std::collections::HashMap;
+pub mod cache;
+
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,12 @@ use ort::value::Tensor;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
-use super::phonemize::{PhonemeIdMap, PhonemizedSentence, phonemize_text};
+pub use cache::{SentenceCache, SentenceCacheStats};
+
+use super::normalize::normalize_for_speech;
+use super::phonemize::{
+    MAX_TEXT_CHARS, PhonemeIdMap, PhonemizedSentence, phonemize_text, split_sentences,
+};
 use super::resample::{resample, to_i16};
 use super::{SpeechError, TELEPHONY_RATE, runtime};
 
@@ -460,6 +467,10 @@ pub struct TtsPoolConfig {
     pub queue_capacity: usize,
     /// Rate of the audio streamed back.
     pub output_rate: u32,
+    /// Bytes of synthesised sentences kept for reuse ([`SentenceCache`]);
+    /// 0 turns the cache off. 16 MiB is about 17 minutes of 8 kHz speech:
+    /// every fixed sentence of the shipped knowledge base several times over.
+    pub sentence_cache_bytes: usize,
 }
 
 impl Default for TtsPoolConfig {
@@ -468,6 +479,7 @@ impl Default for TtsPoolConfig {
             workers: 1,
             queue_capacity: 32,
             output_rate: TELEPHONY_RATE,
+            sentence_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -483,6 +495,9 @@ pub struct TtsChunk {
 
 struct TtsJob {
     text: String,
+    /// Leading sentences already sent from the cache when the job was
+    /// queued, by their words: the worker skips them.
+    already_sent: Vec<String>,
     /// For the time-to-first-audio histogram.
     queued_at: std::time::Instant,
     cancel: Arc<Cancellation>,
@@ -490,6 +505,13 @@ struct TtsJob {
     /// of a text capped at `MAX_TEXT_CHARS`. A bounded channel would let a
     /// slow consumer stall a worker that other calls are waiting for.
     chunks: mpsc::UnboundedSender<Result<TtsChunk, SpeechError>>,
+}
+
+/// What the workers' queue carries.
+enum Work {
+    Speak(TtsJob),
+    /// Sentences are waiting to be synthesised ahead of time.
+    Wake,
 }
 
 /// The audio of one request, arriving sentence by sentence. Dropping it
@@ -530,11 +552,65 @@ impl Drop for TtsStream {
     }
 }
 
-/// Dedicated synthesis threads fed by a bounded queue.
+/// Texts waiting to be synthesised ahead of time: bounds what
+/// [`TtsWorkerPool::presynthesize`] accepts.
+const MAX_BACKGROUND_TEXTS: usize = 1_024;
+/// How often a worker that has background work but is told the machine is
+/// busy looks again (a live request wakes it at once).
+const BACKGROUND_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Ahead-of-time synthesis: one text, and whether only its first sentence
+/// is wanted now (first sentences are what a caller waits for).
+struct BackgroundText {
+    text: String,
+    first_only: bool,
+}
+
+/// Whether background synthesis may use a core now.
+pub type IdleCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the workers and the submitting side share.
+struct PoolShared {
+    cache: SentenceCache,
+    background: Mutex<VecDeque<BackgroundText>>,
+    background_idle: Mutex<Option<IdleCheck>>,
+    /// The background sentence being synthesised: a live request cancels it
+    /// (it is put back and done later) so a caller never waits behind it.
+    background_run: Mutex<Option<Arc<Cancellation>>>,
+    presynthesis_started: AtomicBool,
+    /// Worker threads, to wake one parked while background work waits.
+    threads: Mutex<Vec<std::thread::Thread>>,
+    output_rate: u32,
+    /// The voice's pause between sentences at the output rate.
+    pause_samples: usize,
+}
+
+impl PoolShared {
+    /// A live request arrived: background synthesis gives way.
+    fn make_way(&self) {
+        if let Some(run) = self.background_run.lock().take() {
+            run.cancel();
+        }
+        for thread in self.threads.lock().iter() {
+            thread.unpark();
+        }
+    }
+
+    fn background_allowed(&self) -> bool {
+        self.background_idle
+            .lock()
+            .as_ref()
+            .is_none_or(|idle| idle())
+    }
+}
+
+/// Dedicated synthesis threads fed by a bounded queue, with a cache of
+/// synthesised sentences in front of them.
 pub struct TtsWorkerPool {
-    jobs: Option<mpsc::Sender<TtsJob>>,
+    jobs: Option<mpsc::Sender<Work>>,
     workers: Vec<JoinHandle<()>>,
     capacity: usize,
+    shared: Arc<PoolShared>,
 }
 
 impl std::fmt::Debug for TtsWorkerPool {
@@ -542,6 +618,7 @@ impl std::fmt::Debug for TtsWorkerPool {
         f.debug_struct("TtsWorkerPool")
             .field("workers", &self.workers.len())
             .field("capacity", &self.capacity)
+            .field("cache", &self.shared.cache)
             .finish()
     }
 }
@@ -549,59 +626,210 @@ impl std::fmt::Debug for TtsWorkerPool {
 impl TtsWorkerPool {
     pub fn start(voice: Arc<PiperVoice>, config: TtsPoolConfig) -> Result<Self, SpeechError> {
         let capacity = config.queue_capacity.max(1);
-        let (sender, receiver) = mpsc::channel::<TtsJob>(capacity);
+        let (sender, receiver) = mpsc::channel::<Work>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
+        let shared = Arc::new(PoolShared {
+            cache: SentenceCache::new(config.sentence_cache_bytes),
+            background: Mutex::new(VecDeque::new()),
+            background_idle: Mutex::new(None),
+            background_run: Mutex::new(None),
+            presynthesis_started: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            output_rate: config.output_rate,
+            pause_samples: config.output_rate as usize * voice.options.sentence_silence_ms as usize
+                / 1000,
+        });
         let mut workers = Vec::new();
         for index in 0..config.workers.max(1) {
             let voice = Arc::clone(&voice);
             let receiver = Arc::clone(&receiver);
-            let rate = config.output_rate;
+            let shared_for_worker = Arc::clone(&shared);
             let handle = std::thread::Builder::new()
                 .name(format!("tts-{index}"))
-                .spawn(move || worker_loop(&voice, &receiver, rate))
+                .spawn(move || worker_loop(&voice, &receiver, &shared_for_worker))
                 .map_err(|e| SpeechError::WorkerSpawn(e.to_string()))?;
+            shared.threads.lock().push(handle.thread().clone());
             workers.push(handle);
         }
         Ok(Self {
             jobs: Some(sender),
             workers,
             capacity,
+            shared,
         })
     }
 
     /// Queues `text` without waiting; [`SpeechError::QueueFull`] when the
-    /// queue is full.
+    /// queue is full. Leading sentences already in the cache are in the
+    /// stream before this returns.
     pub fn try_speak(&self, text: &str) -> Result<TtsStream, SpeechError> {
-        let (job, stream) = new_job(text)?;
+        let (job, stream) = self.new_job(text)?;
+        let Some(job) = job else {
+            return Ok(stream);
+        };
         let jobs = self.jobs.as_ref().ok_or(SpeechError::WorkersStopped)?;
         let queue_slot = crate::metrics::pipeline().tts.queue_slot();
-        jobs.try_send(job).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SpeechError::QueueFull {
-                capacity: self.capacity,
-            },
-            mpsc::error::TrySendError::Closed(_) => SpeechError::WorkersStopped,
-        })?;
+        jobs.try_send(Work::Speak(job))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SpeechError::QueueFull {
+                    capacity: self.capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => SpeechError::WorkersStopped,
+            })?;
         queue_slot.handed_over();
+        self.shared.make_way();
         Ok(stream)
     }
 
     /// Queues `text`, waiting for room in the queue.
     pub async fn speak(&self, text: &str) -> Result<TtsStream, SpeechError> {
-        let (job, stream) = new_job(text)?;
+        let (job, stream) = self.new_job(text)?;
+        let Some(job) = job else {
+            return Ok(stream);
+        };
         let jobs = self.jobs.as_ref().ok_or(SpeechError::WorkersStopped)?;
         // Dropped uncounted if this future is abandoned while waiting.
         let queue_slot = crate::metrics::pipeline().tts.queue_slot();
-        jobs.send(job)
+        jobs.send(Work::Speak(job))
             .await
             .map_err(|_| SpeechError::WorkersStopped)?;
         queue_slot.handed_over();
+        self.shared.make_way();
         Ok(stream)
+    }
+
+    /// Synthesises `texts` ahead of time, at the lowest priority, into the
+    /// sentence cache: first the first sentence of each text (what a caller
+    /// waits for), then the rest as long as they fit without pushing anything
+    /// out. A worker does this only when no live request waits, gives way to
+    /// one mid-sentence, and only while `idle` (if given) says the machine has
+    /// a core to spare. Returns how many texts were queued.
+    pub fn presynthesize(&self, texts: Vec<String>, idle: Option<IdleCheck>) -> usize {
+        if self.shared.cache.max_bytes() == 0 {
+            return 0;
+        }
+        *self.shared.background_idle.lock() = idle;
+        let queued = {
+            let mut background = self.shared.background.lock();
+            let room = MAX_BACKGROUND_TEXTS.saturating_sub(background.len()) / 2;
+            let texts: Vec<String> = texts.into_iter().take(room).collect();
+            for text in &texts {
+                background.push_back(BackgroundText {
+                    text: text.clone(),
+                    first_only: true,
+                });
+            }
+            let count = texts.len();
+            background.extend(texts.into_iter().map(|text| BackgroundText {
+                text,
+                first_only: false,
+            }));
+            count
+        };
+        if let Some(jobs) = &self.jobs {
+            for _ in 0..self.workers.len() {
+                // A full queue means busy workers, who look at the
+                // background work when they run out of live requests.
+                let _ = jobs.try_send(Work::Wake);
+            }
+        }
+        queued
+    }
+
+    /// [`Self::presynthesize`] once per pool, however often it is called:
+    /// `texts` is only evaluated the first time.
+    pub fn presynthesize_once(
+        &self,
+        texts: impl FnOnce() -> Vec<String>,
+        idle: Option<IdleCheck>,
+    ) -> usize {
+        if self
+            .shared
+            .presynthesis_started
+            .swap(true, Ordering::AcqRel)
+        {
+            return 0;
+        }
+        self.presynthesize(texts(), idle)
+    }
+
+    /// Something more urgent than ahead-of-time synthesis needs the CPU (a
+    /// caller's turn is being recognised): the background sentence in
+    /// progress stops and is done again later.
+    pub fn give_way(&self) {
+        self.shared.make_way();
+    }
+
+    /// Texts waiting for ahead-of-time synthesis.
+    pub fn presynthesis_pending(&self) -> usize {
+        self.shared.background.lock().len()
+    }
+
+    /// The cache of synthesised sentences.
+    pub fn sentence_cache(&self) -> &SentenceCache {
+        &self.shared.cache
+    }
+
+    /// A job for `text`, after sending the leading sentences the cache
+    /// already holds; `None` for the job when the cache held them all.
+    fn new_job(&self, text: &str) -> Result<(Option<TtsJob>, TtsStream), SpeechError> {
+        let chars = text.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err(SpeechError::TextTooLong {
+                chars,
+                limit: MAX_TEXT_CHARS,
+            });
+        }
+        let cancel = Arc::new(Cancellation::new()?);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let stream = TtsStream {
+            chunks: receiver,
+            cancel: Arc::clone(&cancel),
+        };
+        let queued_at = std::time::Instant::now();
+        let keys = sentence_keys(text);
+        let mut already_sent = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            let Some(audio) = self.shared.cache.get(key) else {
+                break;
+            };
+            if index == 0 {
+                crate::metrics::pipeline()
+                    .tts_first_audio
+                    .observe(crate::metrics::seconds(queued_at.elapsed()));
+            }
+            let silence_after = index + 1 < keys.len();
+            let chunk = TtsChunk {
+                sentence_index: index,
+                text: key.clone(),
+                samples: with_pause(audio, silence_after, self.shared.pause_samples),
+                sample_rate: self.shared.output_rate,
+            };
+            // The receiver is in hand: sending cannot fail.
+            let _ = sender.send(Ok(chunk));
+            already_sent.push(key.clone());
+        }
+        if !keys.is_empty() && already_sent.len() == keys.len() {
+            return Ok((None, stream));
+        }
+        Ok((
+            Some(TtsJob {
+                text: text.to_string(),
+                already_sent,
+                queued_at,
+                cancel,
+                chunks: sender,
+            }),
+            stream,
+        ))
     }
 
     /// Stops taking requests and waits for the workers to finish the ones
     /// queued. Blocks: call it from a blocking context.
     pub fn shutdown(mut self) {
         self.jobs = None;
+        self.shared.background.lock().clear();
+        self.shared.make_way();
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
                 tracing::error!("a TTS worker panicked");
@@ -615,74 +843,205 @@ impl Drop for TtsWorkerPool {
         // Closing the queue lets the threads exit after their current job;
         // not joined here, so dropping the pool never blocks the runtime.
         self.jobs = None;
+        self.shared.background.lock().clear();
+        self.shared.make_way();
     }
 }
 
-fn new_job(text: &str) -> Result<(TtsJob, TtsStream), SpeechError> {
-    let cancel = Arc::new(Cancellation::new()?);
-    let (sender, receiver) = mpsc::unbounded_channel();
-    Ok((
-        TtsJob {
-            text: text.to_string(),
-            queued_at: std::time::Instant::now(),
-            cancel: Arc::clone(&cancel),
-            chunks: sender,
-        },
-        TtsStream {
-            chunks: receiver,
-            cancel,
-        },
-    ))
+/// The words of each sentence of `text` exactly as the synthesis reports
+/// them ([`SpokenSentence::text`]): the sentence cache's keys, computed
+/// without espeak-ng so a request can be answered from the cache on the
+/// async runtime. A sentence espeak-ng would drop (no phonemes) simply
+/// never matches a cached one.
+pub fn sentence_keys(text: &str) -> Vec<String> {
+    split_sentences(&normalize_for_speech(text))
+        .into_iter()
+        .map(|clauses| {
+            let mut words = String::new();
+            for clause in clauses {
+                if !words.is_empty() {
+                    words.push(' ');
+                }
+                words.push_str(&clause.text);
+                if let Some(mark) = clause.punctuation {
+                    words.push(mark);
+                }
+            }
+            words
+        })
+        .collect()
 }
 
-fn worker_loop(voice: &PiperVoice, jobs: &Mutex<mpsc::Receiver<TtsJob>>, rate: u32) {
+/// Cached sentence audio, with the pause that follows a sentence when
+/// another comes after it.
+fn with_pause(audio: Arc<[i16]>, pause: bool, silence: usize) -> Arc<[i16]> {
+    if !pause || silence == 0 {
+        return audio;
+    }
+    let mut samples = Vec::with_capacity(audio.len() + silence);
+    samples.extend_from_slice(&audio);
+    samples.resize(audio.len() + silence, 0);
+    Arc::from(samples)
+}
+
+fn worker_loop(voice: &PiperVoice, jobs: &Mutex<mpsc::Receiver<Work>>, shared: &PoolShared) {
     let exported = crate::metrics::pipeline();
     let _alive = exported.tts.worker_started();
     loop {
-        // One idle worker waits on the queue; the others wait for the lock.
-        let Some(job) = jobs.lock().blocking_recv() else {
-            return;
+        // Live requests first; background work only when none waits.
+        let work = match jobs.lock().try_recv() {
+            Ok(work) => Some(work),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        };
+        let work = match work {
+            Some(work) => work,
+            None if !shared.background.lock().is_empty() => {
+                if shared.background_allowed() {
+                    background_step(voice, shared);
+                } else {
+                    std::thread::park_timeout(BACKGROUND_RECHECK);
+                }
+                continue;
+            }
+            None => {
+                // One idle worker waits on the queue; the others wait for the lock.
+                let Some(work) = jobs.lock().blocking_recv() else {
+                    return;
+                };
+                work
+            }
+        };
+        let Work::Speak(job) = work else {
+            continue;
         };
         exported.tts.queued.dec();
         if job.cancel.is_cancelled() || job.chunks.is_closed() {
             continue;
         }
         let _busy = exported.tts.busy_while();
-        let mut sentences = voice.sentences(&job.text, rate, Some(Arc::clone(&job.cancel)));
-        let mut sentence_index = 0;
-        loop {
-            let started = std::time::Instant::now();
-            let Some(sentence) = sentences.next() else {
-                break;
-            };
-            let chunk = match sentence {
-                Ok(spoken) => {
+        speak_job(voice, shared, job);
+    }
+}
+
+fn speak_job(voice: &PiperVoice, shared: &PoolShared, job: TtsJob) {
+    let exported = crate::metrics::pipeline();
+    let rate = shared.output_rate;
+    let sentences = match phonemize_text(&job.text, &voice.config.espeak_voice) {
+        Ok(sentences) => sentences,
+        Err(error) => {
+            tracing::warn!(%error, "TTS request failed");
+            let _ = job.chunks.send(Err(error));
+            return;
+        }
+    };
+    let mut skip = job.already_sent.iter().peekable();
+    let total = sentences.len();
+    for (sentence_index, sentence) in sentences.into_iter().enumerate() {
+        if skip.peek().is_some_and(|sent| **sent == sentence.text) {
+            skip.next();
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let silence_after = sentence_index + 1 < total;
+        let audio = match shared.cache.get(&sentence.text) {
+            Some(audio) => Ok(audio),
+            None => voice
+                .synthesize_sentence(&sentence, rate, false, Some(&job.cancel))
+                .map(|spoken| {
                     exported
                         .tts_sentence
                         .observe(crate::metrics::seconds(started.elapsed()));
-                    if sentence_index == 0 {
-                        exported
-                            .tts_first_audio
-                            .observe(crate::metrics::seconds(job.queued_at.elapsed()));
-                    }
-                    Ok(TtsChunk {
-                        sentence_index,
-                        text: spoken.text,
-                        samples: Arc::from(spoken.samples),
-                        sample_rate: spoken.sample_rate,
-                    })
+                    let audio: Arc<[i16]> = Arc::from(spoken.samples);
+                    shared.cache.insert(&sentence.text, Arc::clone(&audio));
+                    audio
+                }),
+        };
+        let chunk = match audio {
+            Ok(audio) => {
+                if sentence_index == 0 {
+                    exported
+                        .tts_first_audio
+                        .observe(crate::metrics::seconds(job.queued_at.elapsed()));
                 }
-                Err(SpeechError::Cancelled) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "TTS request failed");
-                    Err(error)
-                }
-            };
-            sentence_index += 1;
-            if job.chunks.send(chunk).is_err() || job.cancel.is_cancelled() {
-                break;
+                Ok(TtsChunk {
+                    sentence_index,
+                    text: sentence.text,
+                    samples: with_pause(audio, silence_after, shared.pause_samples),
+                    sample_rate: rate,
+                })
+            }
+            Err(SpeechError::Cancelled) => return,
+            Err(error) => {
+                tracing::warn!(%error, "TTS request failed");
+                let _ = job.chunks.send(Err(error));
+                return;
+            }
+        };
+        if job.chunks.send(chunk).is_err() || job.cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Synthesises one background sentence (the next one of the first text
+/// waiting that is not cached yet), unless a live request cancels it.
+fn background_step(voice: &PiperVoice, shared: &PoolShared) {
+    let Some(item) = shared.background.lock().pop_front() else {
+        return;
+    };
+    let sentences = match phonemize_text(&item.text, &voice.config.espeak_voice) {
+        Ok(sentences) => sentences,
+        Err(error) => {
+            tracing::debug!(%error, "a text could not be synthesised ahead of time");
+            return;
+        }
+    };
+    let wanted = if item.first_only { 1 } else { sentences.len() };
+    let mut missing = sentences
+        .iter()
+        .take(wanted)
+        .filter(|s| !shared.cache.contains(&s.text));
+    let Some(sentence) = missing.next() else {
+        return;
+    };
+    let more_after = missing.next().is_some();
+    let Ok(cancel) = Cancellation::new().map(Arc::new) else {
+        return;
+    };
+    *shared.background_run.lock() = Some(Arc::clone(&cancel));
+    // Recognition may have started since the worker looked: it comes first.
+    if !shared.background_allowed() {
+        shared.background_run.lock().take();
+        shared.background.lock().push_front(item);
+        return;
+    }
+    let result = voice.synthesize_sentence(sentence, shared.output_rate, false, Some(&cancel));
+    shared.background_run.lock().take();
+    match result {
+        Ok(spoken) => {
+            let audio: Arc<[i16]> = Arc::from(spoken.samples);
+            // Ahead-of-time audio must never push out audio callers used.
+            if shared.cache.stats().bytes + std::mem::size_of_val(&*audio)
+                <= shared.cache.max_bytes()
+            {
+                shared.cache.insert(&sentence.text, audio);
+            }
+            let mut background = shared.background.lock();
+            if more_after {
+                background.push_front(item);
+            } else if background.is_empty() {
+                let stats = shared.cache.stats();
+                tracing::info!(
+                    sentences = stats.entries,
+                    kib = stats.bytes / 1024,
+                    "ahead-of-time synthesis finished"
+                );
             }
         }
+        // A live request took the worker: this sentence is done later.
+        Err(SpeechError::Cancelled) => shared.background.lock().push_front(item),
+        Err(error) => tracing::debug!(%error, "a sentence could not be synthesised ahead of time"),
     }
 }
 
@@ -767,6 +1126,95 @@ mod tests {
         let mut silent = vec![0.0; 4];
         normalise_peak(&mut silent);
         assert_eq!(silent, vec![0.0; 4]);
+    }
+
+    #[test]
+    fn sentence_keys_match_the_words_synthesis_reports() {
+        let keys = sentence_keys(
+            "Bins are collected weekly: black, then blue. Is there anything else I can help with?",
+        );
+        assert_eq!(
+            keys,
+            vec![
+                "Bins are collected weekly: black, then blue.".to_string(),
+                "Is there anything else I can help with?".to_string(),
+            ]
+        );
+    }
+
+    /// The shipped voice from the model cache, or `None` (test skipped).
+    fn cached_voice() -> Option<PiperVoice> {
+        let paths = crate::speech::SpeechModelPaths::from_env_or_cache();
+        if !paths.missing_files().is_empty() {
+            assert!(std::env::var_os("CI").is_none(), "models missing under CI");
+            eprintln!("*** SKIPPED: run `frontdoor models fetch` ***");
+            return None;
+        }
+        crate::speech::init_onnxruntime(&paths.onnxruntime_lib).expect("ONNX Runtime");
+        Some(PiperVoice::load(&paths.piper_onnx, &paths.piper_config).expect("voice"))
+    }
+
+    fn all_chunks(mut stream: TtsStream) -> Vec<TtsChunk> {
+        std::iter::from_fn(|| stream.blocking_next())
+            .map(|chunk| chunk.expect("synthesised"))
+            .collect()
+    }
+
+    #[test]
+    fn a_sentence_spoken_before_comes_from_the_cache_at_once() {
+        let Some(voice) = cached_voice() else { return };
+        let pool = TtsWorkerPool::start(Arc::new(voice), TtsPoolConfig::default()).unwrap();
+        let text = "Bins are collected weekly. Is there anything else I can help with?";
+        let first = all_chunks(pool.try_speak(text).unwrap());
+        assert_eq!(first.len(), 2);
+        assert_eq!(pool.sentence_cache().stats().entries, 2);
+        // Both sentences are in the stream before `try_speak` returns: no
+        // worker is involved.
+        let mut again = pool.try_speak(text).unwrap();
+        let mut ready = Vec::new();
+        while let Ok(chunk) = again.chunks.try_recv() {
+            ready.push(chunk.unwrap());
+        }
+        assert_eq!(ready.len(), 2);
+        for (cached, live) in ready.iter().zip(&first) {
+            assert_eq!(cached.text, live.text);
+            assert_eq!(cached.samples, live.samples, "same audio, same pause");
+        }
+        // A new reply that shares its last sentence: the first is
+        // synthesised live, the second still comes from the cache.
+        let mixed = all_chunks(
+            pool.try_speak("Your street is Mill Lane. Is there anything else I can help with?")
+                .unwrap(),
+        );
+        assert_eq!(mixed.len(), 2);
+        assert_eq!(mixed[1].samples.len(), first[1].samples.len());
+        pool.shutdown();
+    }
+
+    #[test]
+    fn first_sentences_are_synthesised_ahead_of_time() {
+        let Some(voice) = cached_voice() else { return };
+        let pool = TtsWorkerPool::start(Arc::new(voice), TtsPoolConfig::default()).unwrap();
+        let texts = vec![
+            "Recycling goes out on Tuesdays. Glass goes in the box.".to_string(),
+            "Parking permits cost forty pounds.".to_string(),
+        ];
+        assert_eq!(pool.presynthesize_once(|| texts.clone(), None), 2);
+        assert_eq!(pool.presynthesize_once(|| texts.clone(), None), 0, "once");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while pool.presynthesis_pending() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(pool.presynthesis_pending(), 0);
+        let cache = pool.sentence_cache();
+        for sentence in [
+            "Recycling goes out on Tuesdays.",
+            "Glass goes in the box.",
+            "Parking permits cost forty pounds.",
+        ] {
+            assert!(cache.contains(sentence), "{sentence:?} not cached");
+        }
+        pool.shutdown();
     }
 
     #[test]
