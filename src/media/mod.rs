@@ -4,7 +4,7 @@
 //! Layout follows the sans-IO rule from `shared/STYLE.md`: every protocol piece is a plain
 //! state machine fed with bytes and `Instant`s and tested with a fake clock
 //! ([`g711`], [`sdp`], [`rtp`], [`jitter`], [`dtmf`], [`rtcp`], [`session`]); only
-//! [`stream`] (one tokio task per call) and [`ports`] touch sockets and timers, and
+//! [`stream`] (tick groups: one tokio task per group of calls) and [`ports`] touch sockets and timers, and
 //! [`audio`] touches files.
 pub mod audio;
 pub mod dtmf;

@@ -1,33 +1,40 @@
-//! The async shell around [`RtpSession`]: sockets, the 20 ms clock and the channels to the
-//! rest of the engine. One tokio task per call; all protocol decisions live in the session.
+//! The shell around [`RtpSession`]: sockets, the 20 ms clock and the channels to the rest
+//! of the engine. All protocol decisions live in the session.
 //!
-//! Pacing: a `tokio::time::interval` anchored at the start instant with
-//! `MissedTickBehavior::Burst`, so the tick schedule never drifts (Delay would accumulate
-//! lateness into the RTP clock; Skip would silently shorten our media relative to the
-//! timestamps). Short stalls are caught up in a burst, which the far end's jitter buffer
-//! absorbs. A long stall (over [`MAX_CATCH_UP`]) is not replayed: those ticks are skipped
-//! and the RTP timestamp jumps by the same amount, so the far end hears a gap instead of
-//! falling behind for the rest of the call.
+//! Scheduling: streams are not tasks of their own. Streams started on one runtime thread
+//! join a tick group (up to `GROUP_CAPACITY`), one task with one timer that cuts the
+//! 20 ms frame into `GROUP_SLOTS` slots and serves each stream when its slot comes
+//! round, so a stream costs no timer entry, wake-up or task poll of its own, and the
+//! group's streams are spread over the frame instead of all falling due at one instant.
+//! Commands from handles are taken at the stream's next tick (within 20 ms); `flush` and
+//! `pause` act through shared atomics the tick reads.
 //!
-//! Receiving: the RTP socket is read at each tick, just before the jitter buffer plays a
-//! frame, instead of waking the task for every datagram. A packet that arrives between
-//! ticks could not be played before the next tick anyway, so playout is unchanged, and each
-//! stream costs one wake-up per 20 ms instead of two, with no readiness events for its RTP
-//! socket at all (it is never registered with the reactor). What the tick time would lose,
-//! the arrival time that jitter measurement, adaptive depth and RTCP depend on, comes from
-//! the kernel's receive timestamp (`SO_TIMESTAMPNS`). The RTCP socket is read the same way,
-//! every [`RTCP_READ_TICKS`] ticks and before each report we send: reports arrive every few
-//! seconds, and the kernel timestamp keeps the round-trip estimate exact however late the
-//! read. The task therefore waits on nothing but its clock and its commands.
+//! Pacing: the group's `tokio::time::interval` uses `MissedTickBehavior::Burst`, so the
+//! tick schedule never drifts (Delay would accumulate lateness into the RTP clock; Skip
+//! would silently shorten our media relative to the timestamps). Short stalls are caught
+//! up in a burst, which the far end's jitter buffer absorbs. A long stall (over
+//! `MAX_CATCH_UP`) is not replayed: those ticks are skipped and the RTP timestamp jumps
+//! by the same amount, so the far end hears a gap instead of falling behind for the rest
+//! of the call.
+//!
+//! Receiving: sockets are never registered with tokio's reactor; each slot has its own
+//! level-triggered epoll set, asked without waiting at the slot's tick which sockets hold
+//! datagrams, and only those are read, one datagram per round until a round finds none.
+//! Reading every socket until `EAGAIN` cost one fruitless system call per socket per tick.
+//! A packet that arrives between ticks could not be played before the next tick anyway,
+//! so playout is unchanged. What the tick time would lose, the arrival time that jitter
+//! measurement, adaptive depth and RTCP depend on, comes from the kernel's receive
+//! timestamp (`SO_TIMESTAMPNS`). Where epoll is unavailable (a seccomp filter, a watch
+//! limit) a stream falls back to reading its RTP socket until empty at each tick and its
+//! RTCP socket every `RTCP_READ_TICKS` ticks and before each report it sends.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -76,8 +83,8 @@ const RTCP_READ_TICKS: u64 = 10;
 /// Ticks between readings of the wall clock, which only converts kernel timestamps and
 /// stamps our reports (200 ms); in between it is extrapolated from the monotonic clock.
 const WALL_CLOCK_TICKS: u64 = 10;
-/// Commands handled per wake-up before the clock gets its turn.
-const COMMANDS_PER_POLL: usize = 32;
+/// Commands a stream handles per tick; the rest wait for the next one.
+const COMMANDS_PER_TICK: usize = 32;
 
 /// Per-stream settings from the engine's configuration.
 #[derive(Debug, Clone)]
@@ -132,7 +139,6 @@ enum Command {
         samples: Arc<[i16]>,
         flush_epoch: u64,
     },
-    Flush,
     Update(Box<Negotiated>),
     Dtmf(char, Duration),
     /// A digit that arrived by signalling (SIP INFO), reported like RTP ones.
@@ -148,6 +154,9 @@ struct Shared {
     /// Incremented by every `flush`; `Play` commands carry the epoch they were issued in, so
     /// audio queued before a barge-in can never play after it.
     flush_epoch: AtomicU64,
+    /// Set after a command is queued: the group reads a stream's queue only when this
+    /// says there is something in it, as the flag sits in a line each tick reads anyway.
+    commands_pending: AtomicBool,
     /// Set by `pause`: queued audio is held until `resume` (or dropped by `flush`).
     paused: AtomicBool,
     /// Peak level of the audio sent at each tick, a ring indexed by `ticks`.
@@ -220,6 +229,7 @@ impl MediaStream {
             stats: Mutex::new(RtpStats::default()),
             playing: AtomicBool::new(false),
             flush_epoch: AtomicU64::new(0),
+            commands_pending: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             sent_peaks: std::array::from_fn(|_| AtomicU16::new(0)),
             ticks: AtomicU64::new(0),
@@ -258,9 +268,9 @@ impl MediaStream {
             listen_tap: self.listen_tap,
             late_ticks: 0,
             events_dropped: 0,
-            clock_pair: (now.into_std(), wall_clock()),
+            polled: false,
         };
-        self.runtime.spawn(task.run(now));
+        TickGroup::join(task, &self.runtime);
         (
             MediaHandle {
                 commands: command_tx,
@@ -288,8 +298,10 @@ impl std::fmt::Debug for MediaHandle {
 
 impl MediaHandle {
     fn command(&self, command: Command, what: &str) {
-        if let Err(error) = self.commands.try_send(command) {
-            tracing::warn!(what, %error, "media command dropped");
+        match self.commands.try_send(command) {
+            // After the send: a stream that sees the flag finds the command queued.
+            Ok(()) => self.shared.commands_pending.store(true, Ordering::Release),
+            Err(error) => tracing::warn!(what, %error, "media command dropped"),
         }
     }
 
@@ -316,8 +328,6 @@ impl MediaHandle {
         self.shared.flush_epoch.fetch_add(1, Ordering::AcqRel);
         self.shared.paused.store(false, Ordering::Release);
         self.shared.playing.store(false, Ordering::Release);
-        // Only a wake-up: the epoch above is what guarantees the flush.
-        let _ = self.commands.try_send(Command::Flush);
     }
 
     /// Holds the queued audio from the next tick on (within 20 ms) without dropping it: the
@@ -379,9 +389,9 @@ impl MediaHandle {
     /// Stops the stream, finalizes the recording and returns the final stats.
     pub async fn stop(&self) -> RtpStats {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(reply_tx)).await.is_ok()
-            && let Ok(stats) = reply_rx.await
-        {
+        let queued = self.commands.send(Command::Stop(reply_tx)).await.is_ok();
+        self.shared.commands_pending.store(true, Ordering::Release);
+        if queued && let Ok(stats) = reply_rx.await {
             return stats;
         }
         // Already stopped: the last snapshot is the final one.
@@ -450,17 +460,6 @@ impl RecorderThread {
 struct ReceiveScratch {
     control: [u8; CONTROL_BUFFER],
     datagram: [u8; RECEIVE_BUFFER],
-}
-
-thread_local! {
-    /// One per runtime thread: a read and its processing finish within one poll, so the
-    /// streams on a thread share it instead of each zeroing (or carrying) 2 KiB per tick.
-    static RECEIVE_SCRATCH: RefCell<ReceiveScratch> = const {
-        RefCell::new(ReceiveScratch {
-            control: [0; CONTROL_BUFFER],
-            datagram: [0; RECEIVE_BUFFER],
-        })
-    };
 }
 
 /// Time since the Unix epoch by the wall clock (zero if it is set before 1970).
@@ -583,8 +582,9 @@ struct StreamTask {
     listen_tap: Option<ListenTap>,
     late_ticks: u64,
     events_dropped: u64,
-    /// The monotonic and wall clocks read together, every [`WALL_CLOCK_TICKS`].
-    clock_pair: (Instant, Duration),
+    /// Registered with its slot's poller, which tells the group which sockets to read;
+    /// otherwise both are read at every tick until empty.
+    polled: bool,
 }
 
 /// One listen frame: the caller's 20 ms, then what was sent in the same tick; silence
@@ -601,81 +601,85 @@ fn listen_frame(received: Option<&Frame>, sent: Option<&Frame>) -> Arc<[i16]> {
 }
 
 impl StreamTask {
-    async fn run(mut self, start: TokioInstant) {
-        let mut interval = tokio::time::interval_at(start, FRAME_DURATION);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
-        let stop_reply =
-            std::future::poll_fn(|context| self.poll_until_stopped(context, &mut interval)).await;
-        if let Some(recorder) = self.recorder.take() {
-            recorder.finish().await;
+    /// Handles the commands that arrived since the last tick, a bounded number so a flood
+    /// cannot hold up the other streams; the rest wait for the next tick. `Some` once the
+    /// stream must end: a `Stop` (with its reply) or every handle dropped.
+    fn take_commands(&mut self) -> Option<Option<oneshot::Sender<RtpStats>>> {
+        // Handles hold the only other references: none left means nobody can stop or
+        // hear this stream any more.
+        if Arc::strong_count(&self.shared) == 1 {
+            return Some(None);
         }
+        if !self.shared.commands_pending.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        for _ in 0..COMMANDS_PER_TICK {
+            match self.commands.try_recv() {
+                Ok(Command::Stop(reply)) => return Some(Some(reply)),
+                Ok(command) => self.on_command(command),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+            }
+        }
+        // More than one tick's share was queued: the rest next tick.
+        self.shared.commands_pending.store(true, Ordering::Release);
+        None
+    }
+
+    /// Publishes the final stats and answers `stop`. The recording is finalized off the
+    /// group's task: the writer thread may still be flushing to a slow disk.
+    fn finish(mut self, reply: Option<oneshot::Sender<RtpStats>>) {
         let final_stats = self.snapshot();
         *self.shared.stats.lock() = final_stats.clone();
         self.shared.playing.store(false, Ordering::Release);
-        if let Some(reply) = stop_reply {
-            let _ = reply.send(final_stats);
-        }
-    }
-
-    /// The task's event loop, written by hand rather than with `select!`: no futures are
-    /// built and dropped per wake-up. Commands first (a bounded number, so a flood cannot
-    /// hold up the clock), then every tick that is due. Both draw on tokio's cooperative
-    /// budget, so the task yields to others however much is pending.
-    fn poll_until_stopped(
-        &mut self,
-        context: &mut Context<'_>,
-        interval: &mut tokio::time::Interval,
-    ) -> Poll<Option<oneshot::Sender<RtpStats>>> {
-        for _ in 0..COMMANDS_PER_POLL {
-            match self.commands.poll_recv(context) {
-                Poll::Ready(Some(Command::Stop(reply))) => return Poll::Ready(Some(reply)),
-                Poll::Ready(Some(command)) => self.on_command(command),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => break,
+        let recorder = self.recorder.take();
+        // Sockets and the port lease go back now, not after the recording is written.
+        drop(self);
+        match recorder {
+            None => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(final_stats);
+                }
+            }
+            Some(recorder) => {
+                tokio::spawn(async move {
+                    recorder.finish().await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(final_stats);
+                    }
+                });
             }
         }
-        if !self.commands.is_empty() {
-            // Left for the next poll: without this wake-up nothing would come back for them.
-            context.waker().wake_by_ref();
-        }
-        while let Poll::Ready(scheduled) = interval.poll_tick(context) {
-            self.on_tick(scheduled, interval);
-        }
-        Poll::Pending
     }
 
     /// Feeds everything queued on the RTP socket to the session, stamped with its arrival.
-    fn receive_rtp(&mut self, now: Instant, wall_now: Duration) {
-        RECEIVE_SCRATCH.with_borrow_mut(|scratch| {
-            for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                match self.rtp_socket.receive(scratch, now, wall_now) {
-                    None => break,
-                    Some(Ok(datagram)) => {
-                        let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
-                        self.on_rtp(bytes, datagram.from, datagram.arrival);
-                    }
-                    // ICMP errors and the like concern one datagram, not the socket.
-                    Some(Err(error)) => tracing::trace!(%error, "RTP receive failed"),
+    fn receive_rtp(&mut self, scratch: &mut ReceiveScratch, now: Instant, wall_now: Duration) {
+        for _ in 0..MAX_DATAGRAMS_PER_TICK {
+            match self.rtp_socket.receive(scratch, now, wall_now) {
+                None => break,
+                Some(Ok(datagram)) => {
+                    let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
+                    self.on_rtp(bytes, datagram.from, datagram.arrival);
                 }
+                // ICMP errors and the like concern one datagram, not the socket.
+                Some(Err(error)) => tracing::trace!(%error, "RTP receive failed"),
             }
-        });
+        }
     }
 
     /// Feeds the RTCP reports that arrived since the last read to the session.
-    fn receive_rtcp(&mut self, now: Instant, wall_now: Duration) {
-        RECEIVE_SCRATCH.with_borrow_mut(|scratch| {
-            for _ in 0..MAX_DATAGRAMS_PER_TICK {
-                match self.rtcp_socket.receive(scratch, now, wall_now) {
-                    None => break,
-                    Some(Ok(datagram)) => {
-                        let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
-                        self.session
-                            .handle_rtcp(bytes, datagram.from, datagram.arrival);
-                    }
-                    Some(Err(error)) => tracing::trace!(%error, "RTCP receive failed"),
+    fn receive_rtcp(&mut self, scratch: &mut ReceiveScratch, now: Instant, wall_now: Duration) {
+        for _ in 0..MAX_DATAGRAMS_PER_TICK {
+            match self.rtcp_socket.receive(scratch, now, wall_now) {
+                None => break,
+                Some(Ok(datagram)) => {
+                    let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
+                    self.session
+                        .handle_rtcp(bytes, datagram.from, datagram.arrival);
                 }
+                Some(Err(error)) => tracing::trace!(%error, "RTCP receive failed"),
             }
-        });
+        }
     }
 
     fn snapshot(&self) -> RtpStats {
@@ -707,7 +711,6 @@ impl StreamTask {
                     tracing::warn!("outgoing audio queue full; prompt dropped");
                 }
             }
-            Command::Flush => {}
             Command::Update(negotiated) => {
                 let now = TokioInstant::now().into_std();
                 self.session.update(*negotiated, now);
@@ -750,16 +753,49 @@ impl StreamTask {
         }
     }
 
-    fn on_tick(&mut self, scheduled: TokioInstant, interval: &mut tokio::time::Interval) {
-        let now = TokioInstant::now();
-        let lag = now.saturating_duration_since(scheduled);
-        if lag > LATE_TICK {
-            self.late_ticks += 1;
+    /// Reads one datagram from the socket the slot's poller found readable. `now` and
+    /// `wall_now` are the slot's clock reading from before the poll.
+    fn receive_ready(
+        &mut self,
+        rtcp: bool,
+        scratch: &mut ReceiveScratch,
+        now: Instant,
+        wall_now: Duration,
+    ) {
+        let socket = if rtcp {
+            &mut self.rtcp_socket
+        } else {
+            &mut self.rtp_socket
+        };
+        match socket.receive(scratch, now, wall_now) {
+            None => {}
+            Some(Ok(datagram)) => {
+                let bytes = &scratch.datagram[..datagram.length.min(RECEIVE_BUFFER)];
+                if rtcp {
+                    self.session
+                        .handle_rtcp(bytes, datagram.from, datagram.arrival);
+                } else {
+                    self.on_rtp(bytes, datagram.from, datagram.arrival);
+                }
+            }
+            Some(Err(error)) => tracing::trace!(%error, rtcp, "receive failed"),
         }
-        if lag > MAX_CATCH_UP {
-            let skipped = (lag.as_micros() / FRAME_DURATION.as_micros()) as u32;
-            self.session.skip_ticks(skipped);
-            interval.reset_at(scheduled + FRAME_DURATION * (skipped + 1));
+    }
+
+    /// One 20 ms tick of this stream: `scheduled` is when the group's tick was due and
+    /// `clock_pair` the group's latest joint reading of the monotonic and wall clocks.
+    /// For a polled stream the datagrams were already read; `drained_at` is when the
+    /// poller last found both its sockets empty (`None`: it stopped early, on a flood).
+    fn on_tick(
+        &mut self,
+        scheduled: Instant,
+        clock_pair: (Instant, Duration),
+        scratch: &mut ReceiveScratch,
+        drained_at: Option<Instant>,
+    ) {
+        let now = Instant::now();
+        if now.saturating_duration_since(scheduled) > LATE_TICK {
+            self.late_ticks += 1;
         }
         self.sync_flush();
         while let Some(event) = self.pending_events.pop_front() {
@@ -771,16 +807,19 @@ impl StreamTask {
             }
         }
 
-        let now = now.into_std();
         let tick = self.shared.ticks.load(Ordering::Relaxed);
-        if tick.is_multiple_of(WALL_CLOCK_TICKS) {
-            self.clock_pair = (now, wall_clock());
-        }
-        let (paired_at, paired_wall) = self.clock_pair;
+        let (paired_at, paired_wall) = clock_pair;
         let wall_now = paired_wall + now.saturating_duration_since(paired_at);
-        self.receive_rtp(now, wall_now);
-        if tick.is_multiple_of(RTCP_READ_TICKS) || self.session.rtcp_due(now) {
-            self.receive_rtcp(now, wall_now);
+        if self.polled {
+            if let Some(at) = drained_at {
+                self.rtp_socket.drained_at = at;
+                self.rtcp_socket.drained_at = at;
+            }
+        } else {
+            self.receive_rtp(scratch, now, wall_now);
+            if tick.is_multiple_of(RTCP_READ_TICKS) || self.session.rtcp_due(now) {
+                self.receive_rtcp(scratch, now, wall_now);
+            }
         }
 
         let output = self.session.on_tick(now);
@@ -843,6 +882,378 @@ impl StreamTask {
     }
 }
 
+/// Streams one group's task drives at most: a tick of them all (a few microseconds each)
+/// must stay short beside the 20 ms period and the other tasks sharing its thread.
+const GROUP_CAPACITY: usize = 512;
+/// Slots per 20 ms frame in a group (one every 2 ms).
+const GROUP_SLOTS: usize = 10;
+
+/// What starters share with a group's task: the streams waiting for its next tick.
+struct GroupInbox {
+    state: Mutex<GroupState>,
+}
+
+struct GroupState {
+    arrivals: Vec<StreamTask>,
+    /// Streams joined and not yet finished, arrivals included.
+    members: usize,
+    /// The task is gone (no stream left, or its runtime shut down): join another group.
+    closed: bool,
+}
+
+thread_local! {
+    /// The group streams started on this thread join until it is full or closed. Per thread,
+    /// so a group never outlives the runtime of the thread that started its streams.
+    static OPEN_GROUP: RefCell<Option<Arc<GroupInbox>>> = const { RefCell::new(None) };
+}
+
+/// Readiness of one slot's sockets (epoll, level-triggered, never blocking): one call
+/// names the sockets holding datagrams, where reading every socket until `EAGAIN` costs a
+/// system call per socket per tick that finds nothing, about a third of the receive cost.
+struct SlotPoller {
+    epoll: OwnedFd,
+}
+
+/// Events taken from a poller per call; a slot with more ready sockets takes several calls.
+const POLL_EVENTS: usize = 128;
+
+impl SlotPoller {
+    fn new() -> std::io::Result<SlotPoller> {
+        // SAFETY: plain epoll_create1; the descriptor is owned right away.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(SlotPoller { epoll })
+    }
+
+    fn add(&self, socket: &MediaSocket, token: u64) -> std::io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: both descriptors are open (borrowed for the call) and `event` is a live
+        // epoll_event.
+        let result = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                socket.socket.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if result != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Closing the socket would unregister it too; explicit, so a token can never outlive
+    /// its stream whatever else holds the descriptor.
+    fn remove(&self, socket: &MediaSocket) {
+        // SAFETY: both descriptors are open; DEL ignores the event argument.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                socket.socket.as_raw_fd(),
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    /// The ready sockets' tokens, without waiting.
+    fn ready<'a>(
+        &self,
+        events: &'a mut [libc::epoll_event],
+    ) -> std::io::Result<&'a [libc::epoll_event]> {
+        let capacity = events.len().min(i32::MAX as usize) as i32;
+        // SAFETY: the kernel writes at most `capacity` events into `events`.
+        let count =
+            unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), capacity, 0) };
+        if count < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(&events[..(count as usize).min(events.len())])
+    }
+}
+
+/// The streams of one slot: a slab, so a stream's place (its poller token) stays put while
+/// others come and go.
+struct Slot {
+    streams: Vec<Option<StreamTask>>,
+    free: Vec<usize>,
+    live: usize,
+    /// `None` where epoll is unavailable (a seccomp filter, a watch limit): the slot's
+    /// streams then read their sockets until empty at each tick.
+    poller: Option<SlotPoller>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        #[cfg(test)]
+        if tests::WITHOUT_POLLER.get() {
+            return Slot {
+                streams: Vec::new(),
+                free: Vec::new(),
+                live: 0,
+                poller: None,
+            };
+        }
+        let poller = match SlotPoller::new() {
+            Ok(poller) => Some(poller),
+            Err(error) => {
+                tracing::debug!(%error, "no epoll for media; reading every socket per tick");
+                None
+            }
+        };
+        Slot {
+            streams: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            poller,
+        }
+    }
+
+    fn insert(&mut self, mut stream: StreamTask) {
+        let index = self.free.pop().unwrap_or(self.streams.len());
+        // Bit 0 of a token tells RTCP from RTP; the rest is the stream's place.
+        let token = (index as u64) << 1;
+        stream.polled = self.poller.as_ref().is_some_and(|poller| {
+            let registered = poller
+                .add(&stream.rtp_socket, token)
+                .and_then(|()| poller.add(&stream.rtcp_socket, token | 1));
+            if let Err(error) = &registered {
+                tracing::debug!(%error, "media sockets not polled; read at every tick");
+                poller.remove(&stream.rtp_socket);
+                poller.remove(&stream.rtcp_socket);
+            }
+            registered.is_ok()
+        });
+        match self.streams.get_mut(index) {
+            Some(place) => *place = Some(stream),
+            None => self.streams.push(Some(stream)),
+        }
+        self.live += 1;
+    }
+
+    fn remove(&mut self, index: usize) -> Option<StreamTask> {
+        let stream = self.streams.get_mut(index)?.take()?;
+        if stream.polled
+            && let Some(poller) = &self.poller
+        {
+            poller.remove(&stream.rtp_socket);
+            poller.remove(&stream.rtcp_socket);
+        }
+        self.free.push(index);
+        self.live -= 1;
+        Some(stream)
+    }
+
+    /// Reads what the poller reports ready, one datagram per ready socket per round, until
+    /// a round finds nothing: when the last round came back empty, returns the time the
+    /// slot's sockets were all seen empty. A socket still ready after
+    /// [`MAX_DATAGRAMS_PER_TICK`] rounds (a flood) waits for the next tick, so it cannot
+    /// keep the thread from the other streams.
+    fn receive(
+        &mut self,
+        scratch: &mut ReceiveScratch,
+        events: &mut [libc::epoll_event],
+        now: Instant,
+        wall_now: Duration,
+    ) -> Option<Instant> {
+        let poller = self.poller.as_ref()?;
+        for _ in 0..MAX_DATAGRAMS_PER_TICK {
+            let ready = match poller.ready(events) {
+                Ok(ready) => ready,
+                Err(error) => {
+                    tracing::trace!(%error, "media poll failed");
+                    return None;
+                }
+            };
+            if ready.is_empty() {
+                return Some(now);
+            }
+            for event in ready {
+                let token = event.u64;
+                let place = (token >> 1) as usize;
+                if let Some(Some(stream)) = self.streams.get_mut(place) {
+                    stream.receive_ready(token & 1 == 1, scratch, now, wall_now);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// One task and one timer for many streams. The 20 ms frame is cut into [`GROUP_SLOTS`]
+/// slots; each stream belongs to one slot and is read, played and sent when its slot comes
+/// round. Per-stream tasks each had their own timer entry, wake-up and poll every 20 ms;
+/// here that cost is paid once per slot, and the receive buffer is the group's. The slots
+/// spread a group's streams over the frame, as per-stream timers started at random moments
+/// would: a whole group due at one instant would make its last streams late by the time
+/// the first ones took.
+struct TickGroup {
+    inbox: Arc<GroupInbox>,
+    slots: [Slot; GROUP_SLOTS],
+    scratch: Box<ReceiveScratch>,
+    events: Vec<libc::epoll_event>,
+}
+
+impl TickGroup {
+    fn new(first: StreamTask) -> (TickGroup, Arc<GroupInbox>) {
+        let inbox = Arc::new(GroupInbox {
+            state: Mutex::new(GroupState {
+                arrivals: vec![first],
+                members: 1,
+                closed: false,
+            }),
+        });
+        let group = TickGroup {
+            inbox: Arc::clone(&inbox),
+            slots: std::array::from_fn(|_| Slot::new()),
+            scratch: Box::new(ReceiveScratch {
+                control: [0; CONTROL_BUFFER],
+                datagram: [0; RECEIVE_BUFFER],
+            }),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; POLL_EVENTS],
+        };
+        (group, inbox)
+    }
+
+    /// Adds a stream to this thread's open group, or starts a group for it: on the current
+    /// runtime when there is one, else on `fallback` (the runtime the stream was bound on).
+    fn join(task: StreamTask, fallback: &tokio::runtime::Handle) {
+        let Ok(current) = tokio::runtime::Handle::try_current() else {
+            // Not a runtime thread: no group here to share.
+            let (group, _) = TickGroup::new(task);
+            fallback.spawn(group.run());
+            return;
+        };
+        let mut task = Some(task);
+        // An `Err` (the thread is exiting) or a re-entered borrow leaves the task with us.
+        let _ = OPEN_GROUP.try_with(|open| {
+            let Ok(mut open) = open.try_borrow_mut() else {
+                return;
+            };
+            if let Some(inbox) = open.as_ref() {
+                let mut state = inbox.state.lock();
+                if !state.closed && state.members < GROUP_CAPACITY {
+                    state.members += 1;
+                    state.arrivals.extend(task.take());
+                }
+            }
+            if let Some(task) = task.take() {
+                let (group, inbox) = TickGroup::new(task);
+                *open = Some(inbox);
+                current.spawn(group.run());
+            }
+        });
+        if let Some(task) = task {
+            let (group, _) = TickGroup::new(task);
+            current.spawn(group.run());
+        }
+    }
+
+    /// The group's clock: `Burst` keeps the schedule drift-free (see the module comment);
+    /// a stall beyond [`MAX_CATCH_UP`] is skipped rather than replayed, in whole frames so
+    /// every slot keeps its place in the frame.
+    async fn run(mut self) {
+        let slot_period = FRAME_DURATION / GROUP_SLOTS as u32;
+        let mut interval = tokio::time::interval(slot_period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut clock_pair = (Instant::now(), wall_clock());
+        let mut slot_ticks: u64 = 0;
+        loop {
+            let scheduled = interval.tick().await;
+            let lag = TokioInstant::now().saturating_duration_since(scheduled);
+            if lag > MAX_CATCH_UP {
+                let skipped = (lag.as_micros() / FRAME_DURATION.as_micros()) as u32;
+                for stream in self
+                    .slots
+                    .iter_mut()
+                    .flat_map(|slot| slot.streams.iter_mut().flatten())
+                {
+                    stream.session.skip_ticks(skipped);
+                }
+                interval.reset_at(scheduled + FRAME_DURATION * skipped + slot_period);
+            }
+            if !self.admit_arrivals() {
+                return;
+            }
+            let frame_ticks = slot_ticks / GROUP_SLOTS as u64;
+            let slot_index = (slot_ticks % GROUP_SLOTS as u64) as usize;
+            if slot_index == 0 && frame_ticks.is_multiple_of(WALL_CLOCK_TICKS) {
+                clock_pair = (Instant::now(), wall_clock());
+            }
+            slot_ticks += 1;
+            self.tick_slot(slot_index, scheduled.into_std(), clock_pair);
+        }
+    }
+
+    fn tick_slot(
+        &mut self,
+        slot_index: usize,
+        scheduled: Instant,
+        clock_pair: (Instant, Duration),
+    ) {
+        let slot = &mut self.slots[slot_index];
+        let mut finished = 0;
+        for place in 0..slot.streams.len() {
+            if let Some(Some(stream)) = slot.streams.get_mut(place)
+                && let Some(reply) = stream.take_commands()
+                && let Some(stream) = slot.remove(place)
+            {
+                stream.finish(reply);
+                finished += 1;
+            }
+        }
+        if finished > 0 {
+            let mut state = self.inbox.state.lock();
+            state.members = state.members.saturating_sub(finished);
+        }
+        let read_at = Instant::now();
+        let (paired_at, paired_wall) = clock_pair;
+        let wall_now = paired_wall + read_at.saturating_duration_since(paired_at);
+        let drained_at = slot.receive(&mut self.scratch, &mut self.events, read_at, wall_now);
+        for stream in slot.streams.iter_mut().flatten() {
+            stream.on_tick(scheduled, clock_pair, &mut self.scratch, drained_at);
+        }
+    }
+
+    /// Places the streams started since the last slot tick, each in the emptiest slot.
+    /// False once no stream is left: the group is closed under the same lock starters
+    /// take, so none can join it afterwards.
+    fn admit_arrivals(&mut self) -> bool {
+        let mut state = self.inbox.state.lock();
+        for stream in state.arrivals.drain(..) {
+            if let Some(emptiest) = self.slots.iter_mut().min_by_key(|slot| slot.live) {
+                emptiest.insert(stream);
+            }
+        }
+        if self.slots.iter().all(|slot| slot.live == 0) {
+            state.closed = true;
+            return false;
+        }
+        true
+    }
+}
+
+impl Drop for TickGroup {
+    /// Runs when the task ends, also when its runtime shuts down with streams still in it:
+    /// streams that joined meanwhile must not wait for a tick that never comes.
+    fn drop(&mut self) {
+        let orphans = {
+            let mut state = self.inbox.state.lock();
+            state.closed = true;
+            std::mem::take(&mut state.arrivals)
+        };
+        drop(orphans);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::g711;
@@ -851,6 +1262,110 @@ mod tests {
     use super::super::sdp::{Codec, Direction};
     use super::*;
     use tokio::net::UdpSocket;
+
+    thread_local! {
+        /// Groups started on this thread get no epoll sets: the path taken where epoll is
+        /// unavailable.
+        pub(super) static WITHOUT_POLLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Streams in this thread's open group (none open: 0).
+    fn open_group_members() -> usize {
+        OPEN_GROUP.with_borrow(|open| {
+            open.as_ref().map_or(0, |inbox| {
+                let state = inbox.state.lock();
+                if state.closed { 0 } else { state.members }
+            })
+        })
+    }
+
+    /// A steady caller at 30 ms intervals plus one RTCP report: every packet is read, the
+    /// kernel timestamps keep the jitter low, the report is counted.
+    async fn caller_is_heard(allocator: &PortAllocator) {
+        let stream = bind_any(allocator, MediaConfig::default()).await;
+        let target = SocketAddr::new("127.0.0.1".parse().expect("ip"), stream.local_rtp_port());
+        let rtcp_target = SocketAddr::new(target.ip(), target.port() + 1);
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let (handle, _events) =
+            stream.start(negotiated_towards(peer.local_addr().expect("addr")), None);
+        let report =
+            super::super::rtcp::build_report(0xCA11, "caller", None, None, SystemTime::now())
+                .expect("report");
+        peer.send_to(&report, rtcp_target).await.expect("send");
+        let mut buffer = [0u8; 200];
+        let payload = [g711::linear_to_ulaw(1000); 160];
+        let mut grid = tokio::time::interval(Duration::from_millis(30));
+        for seq in 0..30u16 {
+            grid.tick().await;
+            let header = RtpHeader {
+                marker: seq == 0,
+                payload_type: 0,
+                sequence: seq,
+                timestamp: seq as u32 * 240,
+                ssrc: 0xACE,
+            };
+            let length = write_packet(&header, &payload, &mut buffer).expect("fits");
+            peer.send_to(&buffer[..length], target).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let stats = handle.stop().await;
+        assert_eq!(stats.packets_received, 30, "{stats:?}");
+        assert_eq!(stats.rtcp_received, 1, "{stats:?}");
+        assert!(stats.jitter_ms < 5.0, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn without_epoll_streams_read_every_socket_at_each_tick() {
+        WITHOUT_POLLER.set(true);
+        let allocator = PortAllocator::new(41000, 41099);
+        caller_is_heard(&allocator).await;
+    }
+
+    #[tokio::test]
+    async fn polled_streams_hear_the_caller() {
+        let allocator = PortAllocator::new(41100, 41199);
+        caller_is_heard(&allocator).await;
+    }
+
+    #[tokio::test]
+    async fn streams_share_a_group_which_closes_when_the_last_one_ends() {
+        let allocator = PortAllocator::new(41200, 41299);
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("peer");
+        let towards = negotiated_towards(peer.local_addr().expect("addr"));
+        let mut handles = Vec::new();
+        for _ in 0..3 {
+            let stream = bind_any(&allocator, MediaConfig::default()).await;
+            handles.push(stream.start(towards.clone(), None));
+        }
+        assert_eq!(open_group_members(), 3);
+        handles[0].0.play(Arc::from(vec![3000i16; 8000]));
+        let _ = recv_rtp(&peer).await;
+
+        // Dropping every handle ends a stream as `stop` does, ports and all.
+        drop(handles.pop());
+        let (stopped, _events) = handles.remove(0);
+        let stats = stopped.stop().await;
+        assert!(stats.packets_sent >= 1, "{stats:?}");
+        tokio::time::sleep(FRAME_DURATION * 3).await;
+        assert_eq!(open_group_members(), 1);
+        assert_eq!(allocator.in_use(), 1);
+        handles.clear();
+        tokio::time::sleep(FRAME_DURATION * 3).await;
+        assert_eq!(open_group_members(), 0, "the empty group closed");
+        assert_eq!(allocator.in_use(), 0);
+
+        // A stream started afterwards gets a new group and runs.
+        let stream = bind_any(&allocator, MediaConfig::default()).await;
+        let (handle, _events) = stream.start(towards, None);
+        assert_eq!(open_group_members(), 1);
+        handle.play(Arc::from(vec![3000i16; 800]));
+        let packet = recv_rtp(&peer).await;
+        assert_eq!(
+            RtpPacket::parse(&packet).expect("rtp").payload.len(),
+            FRAME_SAMPLES
+        );
+        handle.stop().await;
+    }
 
     async fn bind_any(allocator: &PortAllocator, config: MediaConfig) -> MediaStream {
         loop {
