@@ -525,9 +525,45 @@ impl Governance {
             }
         };
         let rank = |c: Escalation| self.precedence.iter().position(|p| *p == c);
-        let semantic_hit = semantic.fired(&self.precedence);
+        // Precedence orders categories that are handled differently (an
+        // emergency's 999 advice comes first). Between categories that reach
+        // the same queue at the same priority (distress and safeguarding both
+        // go to the safeguarding team) the closer examples name the reason,
+        // which is what the agent reads.
+        let same_handling = |a: Escalation, b: Escalation| match (self.policy(a), self.policy(b)) {
+            (Some(x), Some(y)) => x.queue == y.queue && x.priority == y.priority,
+            _ => false,
+        };
+        let semantic_hit = semantic.fired(&self.precedence).map(|first| {
+            semantic
+                .matches
+                .iter()
+                .filter(|m| m.fired && same_handling(m.category, first.category))
+                .fold(first, |best, m| if m.score > best.score { m } else { best })
+        });
+        // So a rule that found a risk keeps its category against a semantic
+        // hit handled the same way unless the caller's words are closer to
+        // the hit's examples than to the rule category's: a borderline score
+        // ("he hits me when he's been drinking" drifting towards the
+        // drinking-and-tablets distress examples) must not relabel an
+        // explicit rule. A hit handled differently (emergency over a
+        // distress rule, any risk over a request for a person) still wins
+        // by precedence.
+        let rule_category_score = semantic
+            .matches
+            .iter()
+            .find(|m| m.category == decision.escalation)
+            .map(|m| m.score);
         let semantic_wins = semantic_hit.is_some_and(|hit| {
-            !decision.escalation.is_escalation() || rank(hit.category) < rank(decision.escalation)
+            if !decision.escalation.is_escalation() {
+                return true;
+            }
+            let outranks = rank(hit.category) < rank(decision.escalation);
+            if same_handling(hit.category, decision.escalation) {
+                outranks && rule_category_score.is_none_or(|own| hit.score > own)
+            } else {
+                outranks
+            }
         });
         match semantic_hit {
             Some(hit) if semantic_wins => {
@@ -549,8 +585,9 @@ impl Governance {
         decision
     }
 
-    /// The rules alone, and the text with figurative spans masked.
-    fn assess_rules(&self, normalised: &str) -> (EscalationDecision, String) {
+    /// The rules alone, and the text with figurative spans masked (what the
+    /// semantic layer embeds). Public for diagnostics and offline studies.
+    pub fn assess_rules(&self, normalised: &str) -> (EscalationDecision, String) {
         // Guards blank out figurative spans so the rules never see them.
         let mut masked = normalised.to_string();
         let mut guard_notes = String::new();
