@@ -13,6 +13,16 @@
 //!     --calls 24 --question q1.ul --question q2.ul --question q3.ul
 //! ```
 //!
+//! With `--holding`, audio that starts like the engine's holding phrase
+//! ("One moment, please.", said while every recogniser is busy) is not the
+//! answer: the clock runs on through it to the answer that follows, and the
+//! phrases heard are counted. Piper's phrasing varies from one synthesis to
+//! the next, so the first 800 ms of each reply are compared with a synthesis
+//! of the phrase by the shape of their loudness (correlation of log peaks per
+//! packet: 0.95–0.99 between syntheses of the phrase, at most 0.53 between it
+//! and 12 of the knowledge base's answers; over 500 ms the two overlapped on
+//! a live run, so 800 ms it is).
+//!
 //! `scripts/voice-latency.sh` starts a release engine with the assistant and
 //! runs this for 1 call and for 24 concurrent callers. Bounded: at most 64
 //! calls, 8 questions, 120 s per call; loopback only.
@@ -39,6 +49,13 @@ const SILENT_RUN: Duration = Duration::from_millis(200);
 const GREETING_GAP: Duration = Duration::from_millis(900);
 /// How far into an answer the caller talks over it.
 const BARGE_IN_AFTER: Duration = Duration::from_millis(1_500);
+/// Packets of a reply compared with the holding phrase before it counts as
+/// the answer (the phrase itself is ~66 packets).
+const HOLDING_COMPARED: usize = 40;
+/// Correlation above which a reply's start is the holding phrase.
+const HOLDING_LIKENESS: f32 = 0.8;
+/// Packets a reply's start may be shifted against the phrase's.
+const HOLDING_MAX_SHIFT: usize = 3;
 
 #[derive(Parser, Debug)]
 #[command(about = "Voice-to-voice latency and barge-in from outside the engine")]
@@ -66,6 +83,10 @@ struct Arguments {
     /// round's first answers are the engine's cold figures).
     #[arg(long)]
     each: bool,
+    /// Raw 8 kHz µ-law synthesis of the engine's holding phrase: a reply
+    /// that starts like it is not the answer.
+    #[arg(long)]
+    holding: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +96,8 @@ struct CallResult {
     latencies: Vec<Duration>,
     /// Caller's speech onset over an answer → Frontdoor silent.
     barge_ins: Vec<Duration>,
+    /// Holding phrases heard before an answer.
+    holding_phrases: u32,
     error: Option<String>,
 }
 
@@ -102,18 +125,41 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+    let holding: Option<Vec<f32>> = match &args.holding {
+        None => None,
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) if bytes.len() <= 8_000 * 10 => {
+                let envelope = loudness_envelope(&bytes);
+                if envelope.len() < HOLDING_COMPARED + HOLDING_MAX_SHIFT {
+                    eprintln!("{}: too short for a holding phrase", path.display());
+                    return std::process::ExitCode::from(2);
+                }
+                Some(envelope)
+            }
+            Ok(_) => {
+                eprintln!("{}: longer than 10 s", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     let (results_tx, results_rx) = mpsc::channel();
     for round in 0..args.repeat.clamp(1, 20) {
         let mut threads = Vec::new();
         for index in 0..args.calls {
             let index = round * args.calls + index;
             let questions = questions.clone();
+            let holding = holding.clone();
             let target = args.target;
             let number = args.number.clone();
             let results = results_tx.clone();
             std::thread::sleep(Duration::from_millis(args.stagger_ms));
             threads.push(std::thread::spawn(move || {
-                let result = match run_call(index, target, &number, &questions) {
+                let result = match run_call(index, target, &number, &questions, holding.as_deref())
+                {
                     Ok(result) => CallResult { index, ..result },
                     Err(error) => CallResult {
                         index,
@@ -132,6 +178,7 @@ fn main() -> std::process::ExitCode {
     let mut latencies = Vec::new();
     let mut barge_ins = Vec::new();
     let mut failed = 0;
+    let mut holding_phrases = 0;
     let mut results: Vec<CallResult> = results_rx.into_iter().collect();
     results.sort_by_key(|r| r.index);
     for result in results {
@@ -142,20 +189,22 @@ fn main() -> std::process::ExitCode {
                 .map(|l| l.as_millis().to_string())
                 .collect();
             println!(
-                "call {}: voice-to-voice ms {}",
+                "call {}: voice-to-voice ms {} (holding phrases {})",
                 result.index,
-                each.join(" ")
+                each.join(" "),
+                result.holding_phrases
             );
         }
         if let Some(error) = &result.error {
             eprintln!("call failed: {error}");
             failed += 1;
         }
+        holding_phrases += result.holding_phrases;
         latencies.extend(result.latencies);
         barge_ins.extend(result.barge_ins);
     }
     println!(
-        "calls {}x{} failed {failed} | voice-to-voice n={} p50 {} p95 {} max {} | barge-in n={} p50 {} p95 {} max {}",
+        "calls {}x{} failed {failed} | voice-to-voice n={} p50 {} p95 {} max {} | barge-in n={} p50 {} p95 {} max {} | holding phrases {}",
         args.repeat,
         args.calls,
         latencies.len(),
@@ -166,6 +215,11 @@ fn main() -> std::process::ExitCode {
         ms(percentile(&mut barge_ins, 0.50)),
         ms(percentile(&mut barge_ins, 0.95)),
         ms(percentile(&mut barge_ins, 1.0)),
+        if holding.is_some() {
+            holding_phrases.to_string()
+        } else {
+            "not checked".into()
+        },
     );
     if failed > 0 || latencies.is_empty() {
         return std::process::ExitCode::FAILURE;
@@ -206,6 +260,7 @@ fn run_call(
     target: SocketAddr,
     number: &str,
     questions: &[Vec<u8>],
+    holding: Option<&[f32]>,
 ) -> Result<CallResult, String> {
     let sip = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let rtp = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -273,6 +328,7 @@ fn run_call(
         .collect();
 
     let mut result = CallResult::default();
+    let mut onset = AnswerOnset::new(holding);
     let mut phase = Phase::AwaitGreeting;
     let mut heard_speech = false;
     let mut last_voiced_arrival: Option<Instant> = None;
@@ -308,19 +364,22 @@ fn run_call(
                 barge_onset = None;
             }
             if let (Phase::AwaitAnswer { index }, Some(end)) = (&phase, speech_end)
-                && voiced
                 && at > end
+                && let Some(first) = onset.hear(at, peak)
             {
-                result.latencies.push(at.duration_since(end));
+                result.latencies.push(first.duration_since(end));
+                result.holding_phrases += onset.holding_heard;
+                onset = AnswerOnset::new(holding);
                 speech_end = None;
                 phase = if index + 1 < questions.len() {
                     Phase::Listening {
                         next: index + 1,
-                        at: at + BARGE_IN_AFTER,
+                        // From the answer's start, as without `--holding`.
+                        at: first + BARGE_IN_AFTER,
                     }
                 } else {
                     Phase::Closing {
-                        at: at + Duration::from_secs(1),
+                        at: first + Duration::from_secs(1),
                     }
                 };
             }
@@ -391,6 +450,116 @@ fn run_call(
     }
     dialog.bye(&sip)?;
     Ok(result)
+}
+
+/// Where the answer starts in the replies after a question: the first voiced
+/// packet, unless the reply it starts is the holding phrase.
+struct AnswerOnset<'h> {
+    holding: Option<&'h [f32]>,
+    /// The first voiced packet of the reply being judged, and its loudness.
+    start: Option<Instant>,
+    envelope: Vec<f32>,
+    /// Packets left of a holding phrase being skipped, and silent packets in
+    /// a row since.
+    skipping: Option<(usize, usize)>,
+    holding_heard: u32,
+}
+
+impl<'h> AnswerOnset<'h> {
+    fn new(holding: Option<&'h [f32]>) -> Self {
+        AnswerOnset {
+            holding,
+            start: None,
+            envelope: Vec::with_capacity(HOLDING_COMPARED),
+            skipping: None,
+            holding_heard: 0,
+        }
+    }
+
+    /// One received packet; the answer's first packet time once known.
+    fn hear(&mut self, at: Instant, peak: u16) -> Option<Instant> {
+        let voiced = peak > VOICED_PEAK;
+        if let Some((left, silent)) = self.skipping.as_mut() {
+            *left = left.saturating_sub(1);
+            *silent = if voiced { 0 } else { *silent + 1 };
+            // The phrase is over once most of its length has gone by and
+            // its closing silence has begun.
+            if *left == 0 && *silent >= 3 {
+                self.skipping = None;
+            }
+            return None;
+        }
+        let Some(start) = self.start else {
+            if !voiced {
+                return None;
+            }
+            if self.holding.is_none() {
+                return Some(at);
+            }
+            self.start = Some(at);
+            self.envelope.clear();
+            self.envelope.push(log_peak(peak));
+            return None;
+        };
+        self.envelope.push(log_peak(peak));
+        if self.envelope.len() < HOLDING_COMPARED {
+            return None;
+        }
+        let holding = self.holding?;
+        if likeness(holding, &self.envelope) >= HOLDING_LIKENESS {
+            self.holding_heard += 1;
+            let rest = holding.len().saturating_sub(HOLDING_COMPARED) * 3 / 4;
+            self.skipping = Some((rest, 0));
+            self.start = None;
+            return None;
+        }
+        Some(start)
+    }
+}
+
+fn log_peak(peak: u16) -> f32 {
+    f32::from(peak).ln_1p()
+}
+
+/// Per-packet loudness from the first voiced packet on.
+fn loudness_envelope(ulaw: &[u8]) -> Vec<f32> {
+    ulaw.chunks_exact(FRAME_SAMPLES)
+        .map(frame_peak)
+        .skip_while(|&peak| peak <= VOICED_PEAK)
+        .map(log_peak)
+        .collect()
+}
+
+/// Best correlation of `reply`'s loudness with the phrase's, either shifted
+/// by up to [`HOLDING_MAX_SHIFT`] packets.
+fn likeness(phrase: &[f32], reply: &[f32]) -> f32 {
+    let n = HOLDING_COMPARED;
+    let mut best = f32::MIN;
+    for shift in 0..=HOLDING_MAX_SHIFT {
+        if let (Some(p), Some(r)) = (phrase.get(shift..shift + n), reply.get(..n)) {
+            best = best.max(correlation(p, r));
+        }
+        if let (Some(p), Some(r)) = (phrase.get(..n), reply.get(shift..shift + n)) {
+            best = best.max(correlation(p, r));
+        }
+    }
+    best
+}
+
+fn correlation(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len()) as f32;
+    if n == 0.0 {
+        return 0.0;
+    }
+    let mean_a = a.iter().sum::<f32>() / n;
+    let mean_b = b.iter().sum::<f32>() / n;
+    let (mut cov, mut var_a, mut var_b) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        cov += (x - mean_a) * (y - mean_b);
+        var_a += (x - mean_a) * (x - mean_a);
+        var_b += (y - mean_b) * (y - mean_b);
+    }
+    cov / ((var_a * var_b).sqrt() + 1e-9)
 }
 
 fn frame_peak(frame: &[u8]) -> u16 {

@@ -9,7 +9,9 @@
 # For each count, that many callers talk at once (staggered by 300 ms); the
 # single-call case is repeated RUNS_SINGLE times for enough samples. Each
 # caller asks three questions: the first after the greeting, the next two
-# over the previous answer (barge-in). Prints p50/p95 per count.
+# over the previous answer (barge-in). Prints p50/p95 per count. A holding
+# phrase ("One moment, please.") is not the answer: its latency runs on to
+# the answer after it, and the phrases heard are counted.
 # The engine starts fresh each time: the first single call is the cold case
 # (knowledge-base answers are synthesised ahead of time from the first call
 # on, and every synthesised sentence is kept), later calls are warm.
@@ -68,6 +70,12 @@ for text in "When is my bin collection day?" "How do I pay my council tax?" \
     sox "$workdir/q$i.wav" -r 8000 -c 1 -t ul "$workdir/q$i.ul"
     questions+=(--question "$workdir/q$i.ul")
 done
+
+# The engine's holding phrase (src/call/assistant.rs HOLDING_PHRASE): a reply
+# that starts like it is not counted as the answer.
+"$engine" say "One moment, please." -o "$workdir/holding.wav" >/dev/null
+sox "$workdir/holding.wav" -r 8000 -c 1 -t ul "$workdir/holding.ul"
+questions+=(--holding "$workdir/holding.ul")
 
 "$engine" serve --config "$workdir/config.toml" --sip "127.0.0.1:$sip_port" \
     --rtp-ports "$rtp_ports" --http 127.0.0.1:0 --data "$workdir/data" \

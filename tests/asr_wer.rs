@@ -171,6 +171,8 @@ fn asr_wer_fitted_window_matches_full_window_on_telephone_speech() {
 /// Measurement aid, not a check: WER and time for a range of window
 /// policies and with/without the vocabulary prompt.
 /// `cargo test --release --test asr_wer -- --ignored --nocapture`
+/// `ASR_SWEEP_QUICK=1` keeps only the shipped prompt with guards;
+/// `ASR_SWEEP_MINIMUMS=128,192,256` sets the minimum windows tried (margin 64).
 #[test]
 #[ignore = "slow sweep for choosing the window policy"]
 fn asr_wer_window_policy_sweep() {
@@ -178,6 +180,15 @@ fn asr_wer_window_policy_sweep() {
         return;
     };
     let mut runs = Vec::new();
+    let quick = std::env::var_os("ASR_SWEEP_QUICK").is_some();
+    let windows: Vec<(u32, u32)> = match std::env::var("ASR_SWEEP_MINIMUMS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|m| m.trim().parse().ok())
+            .map(|minimum| (64, minimum))
+            .collect(),
+        Err(_) => vec![(64, 256), (64, 384), (128, 384)],
+    };
     let prompts = [
         (
             "council prompt",
@@ -189,8 +200,10 @@ fn asr_wer_window_policy_sweep() {
         ),
         ("no prompt", ""),
     ];
-    for (prompt_label, prompt) in prompts {
-        for guarded in [true, false] {
+    let prompts = if quick { &prompts[..1] } else { &prompts[..] };
+    let guard_choices: &[bool] = if quick { &[true] } else { &[true, false] };
+    for &(prompt_label, prompt) in prompts {
+        for &guarded in guard_choices {
             let mut config = AsrConfig {
                 vocabulary_prompt: prompt.to_string(),
                 ..AsrConfig::default()
@@ -209,7 +222,7 @@ fn asr_wer_window_policy_sweep() {
             if guarded {
                 policies.push(("full".to_string(), WindowPolicy::Full));
             }
-            for (margin, minimum) in [(64, 256), (64, 384), (128, 384)] {
+            for &(margin, minimum) in &windows {
                 policies.push((
                     format!("m={margin} min={minimum}"),
                     WindowPolicy::Fitted {

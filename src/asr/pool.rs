@@ -71,7 +71,12 @@ pub struct AsrPoolConfig {
     /// of cores.
     pub workers: usize,
     /// Utterances waiting beyond those being decoded; one more is `Busy`.
-    /// Default: two per worker, i.e. at most ~2 utterances of waiting.
+    /// Default: eight per worker. A refused turn makes the caller hear a
+    /// holding phrase (~1.3 s that its answer then waits behind) and retry
+    /// every 100 ms, unordered: with 24 callers on 2 workers the old two per
+    /// worker refused 40 of 72 turns, and the answers came 3–6 s late. A
+    /// longer first-come queue of 0.3 s passes (at most ~2.4 s of waiting)
+    /// is both fairer and sooner.
     pub queue_capacity: usize,
     /// Called on the worker thread after each job, for latency histograms.
     pub on_job_done: Option<JobDoneHook>,
@@ -92,7 +97,7 @@ impl Default for AsrPoolConfig {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         AsrPoolConfig {
             workers,
-            queue_capacity: 2 * workers,
+            queue_capacity: 8 * workers,
             on_job_done: None,
         }
     }
@@ -551,7 +556,10 @@ fn worker_loop(
                 crate::metrics::pipeline()
                     .asr_latency
                     .observe(crate::metrics::seconds(queue_wait + processing));
-                let fell_back = transcript.window.fallback.is_some();
+                // A guard trip rescued by the larger fitted retry is not a
+                // full-window pass.
+                let fell_back = transcript.window.fallback.is_some()
+                    && transcript.window.audio_ctx == crate::asr::window::FULL_WINDOW;
                 if fell_back {
                     metrics
                         .full_window_fallbacks

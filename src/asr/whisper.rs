@@ -347,7 +347,11 @@ impl Transcriber {
         );
         let guards = config.guards;
 
-        if let Some(audio_ctx) = policy.audio_ctx(pcm.len()) {
+        // A fitted window first; when the guards reject its text, a larger
+        // fitted retry (if the policy has one), then the full window.
+        let mut first_trip = None;
+        let mut next = policy.audio_ctx(pcm.len());
+        while let Some(audio_ctx) = next {
             let decoded = self.decode(pcm, Some(audio_ctx), budget, options)?;
             let summary = DecodeSummary {
                 text: &decoded.text,
@@ -357,33 +361,34 @@ impl Transcriber {
                 mean_logprob: decoded.mean_logprob,
                 active_level_dbfs: active_level_dbfs(pcm),
             };
-            match check_transcript(&summary, &guards) {
-                None => {
-                    return Ok((
-                        decoded,
-                        WindowUsed {
-                            audio_ctx,
-                            fallback: None,
-                        },
-                    ));
-                }
-                Some(trip) => {
-                    tracing::debug!(
+            let Some(trip) = check_transcript(&summary, &guards) else {
+                return Ok((
+                    decoded,
+                    WindowUsed {
                         audio_ctx,
-                        reason = trip.as_str(),
-                        rejected = %decoded.text,
-                        "fitted Whisper window rejected; decoding with the full window"
-                    );
-                    let decoded = self.decode(pcm, None, budget, options)?;
-                    return Ok((
-                        decoded,
-                        WindowUsed {
-                            audio_ctx: FULL_WINDOW,
-                            fallback: Some(trip),
-                        },
-                    ));
-                }
-            }
+                        fallback: first_trip,
+                    },
+                ));
+            };
+            first_trip.get_or_insert(trip);
+            next = policy.retry_audio_ctx(pcm.len(), audio_ctx);
+            tracing::debug!(
+                audio_ctx,
+                reason = trip.as_str(),
+                rejected = %decoded.text,
+                retry_audio_ctx = next,
+                "fitted Whisper window rejected; decoding with a larger window"
+            );
+        }
+        if let Some(trip) = first_trip {
+            let decoded = self.decode(pcm, None, budget, options)?;
+            return Ok((
+                decoded,
+                WindowUsed {
+                    audio_ctx: FULL_WINDOW,
+                    fallback: Some(trip),
+                },
+            ));
         }
         let decoded = self.decode(pcm, None, budget, options)?;
         Ok((

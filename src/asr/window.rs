@@ -48,13 +48,25 @@ impl Default for WindowPolicy {
         // (384 positions) made 1–3 s card phrases loop ("5 5 5 5 ...", WER
         // 60–290 %); at 384 with a 1.3 s margin the guards sent only 1–3 of 10
         // clips back to the full window and WER matched it within one word.
+        //
+        // The minimum is now 256 (5.1 s), with a retry at the old 384 before
+        // the full window ([`WindowPolicy::retry_audio_ctx`]): a 1–3 s
+        // question encodes a third faster, the same sweep gave the same WER
+        // (6.5 %), and the one clip whose 256 window tripped a guard that 384
+        // did not is caught by the 384 retry instead of a 30 s pass.
         WindowPolicy::Fitted {
             margin: 64,
-            minimum: 384,
+            minimum: 256,
             granularity: 64,
         }
     }
 }
+
+/// The minimum window of the retry after a fitted window's text is rejected,
+/// before the full window: the smallest window that passed the guards on
+/// every clip where a smaller one tripped them but the full one was not
+/// needed (`asr_wer_window_policy_sweep`).
+pub const RETRY_MINIMUM: u32 = 384;
 
 impl WindowPolicy {
     /// The `audio_ctx` to pass to whisper.cpp for `samples` of 16 kHz audio;
@@ -77,6 +89,31 @@ impl WindowPolicy {
                 } else {
                     Some(rounded)
                 }
+            }
+        }
+    }
+}
+
+impl WindowPolicy {
+    /// The window to try after the guards rejected the text of a
+    /// `tried`-position window: a fitted one of at least [`RETRY_MINIMUM`]
+    /// when that is larger (a third of the full window's cost on a short
+    /// question), `None` for the full window.
+    pub fn retry_audio_ctx(&self, samples: usize, tried: u32) -> Option<u32> {
+        match *self {
+            WindowPolicy::Full => None,
+            WindowPolicy::Fitted {
+                margin,
+                minimum,
+                granularity,
+            } => {
+                let retry = WindowPolicy::Fitted {
+                    margin,
+                    minimum: minimum.max(RETRY_MINIMUM),
+                    granularity,
+                }
+                .audio_ctx(samples)?;
+                (retry > tried).then_some(retry)
             }
         }
     }
@@ -292,6 +329,26 @@ mod tests {
     #[test]
     fn fitted_window_respects_its_minimum() {
         assert_eq!(fitted(64, 384, 64).audio_ctx(16_000), Some(384));
+    }
+
+    #[test]
+    fn a_rejected_small_window_is_retried_at_the_retry_minimum_then_full() {
+        let policy = WindowPolicy::default();
+        // A 2 s question: the shipped policy encodes 256 positions first.
+        assert_eq!(policy.audio_ctx(32_000), Some(256));
+        assert_eq!(
+            policy.retry_audio_ctx(32_000, 256),
+            Some(RETRY_MINIMUM),
+            "a rejected 256 window is retried at 384, not 1500"
+        );
+        // The retry itself rejected: nothing fitted is left but the full window.
+        assert_eq!(policy.retry_audio_ctx(32_000, RETRY_MINIMUM), None);
+        // Speech long enough that the first window was already past the retry
+        // minimum goes straight to the full window.
+        let tried = policy.audio_ctx(8 * 16_000).expect("fitted");
+        assert!(tried > RETRY_MINIMUM);
+        assert_eq!(policy.retry_audio_ctx(8 * 16_000, tried), None);
+        assert_eq!(WindowPolicy::Full.retry_audio_ctx(32_000, 256), None);
     }
 
     #[test]
