@@ -16,8 +16,8 @@ use super::audio::{
     MAX_WINDOW_SAMPLES, WHISPER_SAMPLE_RATE, active_level_dbfs, split_at_quiet_points,
 };
 use super::window::{
-    DecodeSummary, FULL_WINDOW, GuardLimits, WindowPolicy, WindowUsed, check_transcript,
-    is_non_speech_annotation, token_budget,
+    DecodeSummary, FULL_WINDOW, GuardLimits, GuardTrip, WindowPolicy, WindowUsed, check_transcript,
+    is_non_speech_annotation, restarted_sentence, token_budget,
 };
 
 /// Words a council caller is likely to say that Whisper would otherwise
@@ -370,6 +370,39 @@ impl Transcriber {
                     },
                 ));
             };
+            // A decode that finished the caller's sentence and then began it
+            // again is kept up to the sentence's end (if that passes the
+            // guards) instead of paying for a second, larger decode.
+            if let Some(sentence) = restarted_sentence(&decoded.text)
+                .filter(|_| matches!(trip, GuardTrip::TooManyWords | GuardTrip::Repetition))
+            {
+                let share = sentence.len() as f32 / decoded.text.len().max(1) as f32;
+                let trimmed = Decoded {
+                    text: sentence.to_string(),
+                    text_tokens: (decoded.text_tokens as f32 * share).ceil() as usize,
+                    mean_logprob: decoded.mean_logprob,
+                };
+                let summary = DecodeSummary {
+                    text: &trimmed.text,
+                    text_tokens: trimmed.text_tokens,
+                    ..summary
+                };
+                if check_transcript(&summary, &guards).is_none() {
+                    tracing::debug!(
+                        audio_ctx,
+                        rejected = %decoded.text,
+                        kept = %trimmed.text,
+                        "fitted Whisper window restarted its sentence; kept the sentence"
+                    );
+                    return Ok((
+                        trimmed,
+                        WindowUsed {
+                            audio_ctx,
+                            fallback: first_trip,
+                        },
+                    ));
+                }
+            }
             first_trip.get_or_insert(trip);
             next = policy.retry_audio_ctx(pcm.len(), audio_ctx);
             tracing::debug!(

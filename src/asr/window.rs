@@ -260,6 +260,46 @@ pub fn check_transcript(decoded: &DecodeSummary<'_>, limits: &GuardLimits) -> Op
     None
 }
 
+/// The complete first sentence of a decode that, having written it, started
+/// the same sentence again ("I want to report a pothole on my road. I want
+/// to report a po"): tiny.en does this in the silence that pads a fitted
+/// window, and runs on until the token budget stops it. The first sentence
+/// is the caller's words and the rest is the loop, so keeping the sentence
+/// saves a second, larger decode. `None` unless everything after the first
+/// sentence restates it from its start, at least [`MIN_RESTART_WORDS`] words
+/// (the last may be cut mid-word); anything else is left to the guards.
+pub fn restarted_sentence(text: &str) -> Option<&str> {
+    let end = text.find(['.', '?', '!'])? + 1;
+    let (head, rest) = text.split_at(end);
+    let clean = |w: &str| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let head_words: Vec<String> = head
+        .split_whitespace()
+        .map(clean)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let rest_words: Vec<String> = rest
+        .split_whitespace()
+        .map(clean)
+        .filter(|w| !w.is_empty())
+        .collect();
+    if head_words.len() < MIN_RESTART_WORDS || rest_words.len() < MIN_RESTART_WORDS {
+        return None;
+    }
+    let last = rest_words.len() - 1;
+    let restates = rest_words.iter().enumerate().all(|(i, word)| {
+        let expected = &head_words[i % head_words.len()];
+        word == expected || (i == last && expected.starts_with(word.as_str()))
+    });
+    restates.then(|| head.trim())
+}
+
+/// Fewest words a restart must repeat before it is taken for a loop: "Yes.
+/// Yes, please." is a person, "I want to report. I want to" is a decoder.
+pub const MIN_RESTART_WORDS: usize = 3;
+
 /// Whisper writes sounds it does not take for words as `[BLANK_AUDIO]`,
 /// `(music)`, `*coughs*` or `♪`.
 pub fn is_non_speech_annotation(text: &str) -> bool {
@@ -498,5 +538,35 @@ mod tests {
         assert_eq!(token_budget(10.0, 8.0, 16), 80);
         assert_eq!(token_budget(1000.0, 8.0, 16), 220);
         assert_eq!(token_budget(f32::NAN, 8.0, 16), 16);
+    }
+    #[test]
+    fn a_decode_that_restarts_its_sentence_keeps_the_sentence() {
+        assert_eq!(
+            restarted_sentence("I want to report a pahol on my road. I want to report a pah"),
+            Some("I want to report a pahol on my road.")
+        );
+        assert_eq!(
+            restarted_sentence(" When is my bin day? When is my bin day? When is"),
+            Some("When is my bin day?")
+        );
+    }
+
+    #[test]
+    fn different_or_short_second_sentences_are_not_loops() {
+        // Two real sentences.
+        assert_eq!(
+            restarted_sentence("My bin was missed. It was the blue one."),
+            None
+        );
+        // A person repeating a short answer.
+        assert_eq!(restarted_sentence("Yes. Yes please."), None);
+        assert_eq!(restarted_sentence("No. No."), None);
+        // A restart that then says something else is not a pure loop.
+        assert_eq!(
+            restarted_sentence("I want to report a pothole. I want to report a street light too."),
+            None
+        );
+        assert_eq!(restarted_sentence("no sentence end at all"), None);
+        assert_eq!(restarted_sentence(""), None);
     }
 }

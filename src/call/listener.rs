@@ -130,7 +130,7 @@ const SPECULATE_AFTER: Duration = Duration::from_millis(192);
 /// as a pause is plausible. A pause that turns out to be mid-sentence costs
 /// only an idle recogniser's time (the pass is cancelled when the caller
 /// goes on); under load the longer wait avoids wasted passes.
-const SPECULATE_AFTER_IDLE: Duration = Duration::from_millis(96);
+const SPECULATE_AFTER_IDLE: Duration = Duration::from_millis(64);
 
 impl Listener {
     pub fn spawn(

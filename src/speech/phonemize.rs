@@ -101,7 +101,39 @@ pub fn split_sentences(text: &str) -> Vec<Vec<Clause>> {
     if !clauses.is_empty() {
         sentences.push(clauses);
     }
-    sentences.into_iter().flat_map(cut_long_sentence).collect()
+    let mut sentences: Vec<Vec<Clause>> =
+        sentences.into_iter().flat_map(cut_long_sentence).collect();
+    if let Some(first) = sentences.first_mut()
+        && let Some(rest) = cut_first_clause(first)
+    {
+        sentences.insert(1, rest);
+    }
+    sentences
+}
+
+/// A first sentence longer than this is cut after its first clause.
+const FIRST_PART_MAX_CHARS: usize = 80;
+/// Neither part of a cut first sentence is shorter than this.
+const FIRST_PART_MIN_CHARS: usize = 20;
+
+/// The caller waits for the first piece of an answer: Piper synthesises a
+/// sentence in one run (a 25-word sentence took ~800 ms here, its first
+/// clause ~250 ms), so a long first sentence is cut after its first clause
+/// mark (`,` `;` `:`) and the rest is synthesised while that clause plays.
+/// The clause keeps its mark, so Piper gives it the continuing intonation
+/// it was trained on; only the first sentence is cut, the rest keep their
+/// natural flow. Returns the clauses cut off, in order.
+fn cut_first_clause(clauses: &mut Vec<Clause>) -> Option<Vec<Clause>> {
+    let chars = |clauses: &[Clause]| clauses.iter().map(|c| c.text.len()).sum::<usize>();
+    if chars(clauses) <= FIRST_PART_MAX_CHARS {
+        return None;
+    }
+    let cut = (0..clauses.len().saturating_sub(1)).find(|&k| {
+        matches!(clauses[k].punctuation, Some(',' | ';' | ':'))
+            && chars(&clauses[..=k]) >= FIRST_PART_MIN_CHARS
+            && chars(&clauses[k + 1..]) >= FIRST_PART_MIN_CHARS
+    })?;
+    Some(clauses.split_off(cut + 1))
 }
 
 fn is_closing(c: char) -> bool {
@@ -453,6 +485,38 @@ mod tests {
         );
         assert!(split_sentences("  ").is_empty());
         assert!(split_sentences("?!").is_empty());
+    }
+
+    #[test]
+    fn a_long_first_sentence_is_cut_after_its_first_clause() {
+        let split = split_sentences(
+            "Bins are collected on the same weekday each week: black general waste and \
+             blue recycling on alternate weeks, and brown garden waste fortnightly. \
+             You can find your day online, by postcode, on the bin day checker page today.",
+        );
+        assert_eq!(split.len(), 3, "{:?}", texts(&split));
+        assert_eq!(
+            texts(&split)[0],
+            vec![(
+                "Bins are collected on the same weekday each week".into(),
+                Some(':')
+            )]
+        );
+        assert_eq!(
+            split[1].len(),
+            2,
+            "the rest of the first sentence stays together"
+        );
+        assert_eq!(split[2].len(), 3, "later sentences are not cut");
+        // A short first sentence, or one whose first clause is a word, stays whole.
+        assert_eq!(
+            split_sentences("Yes, I can help with that. Thanks.").len(),
+            2
+        );
+        let short_clause = split_sentences(
+            "Hello, you are through to the city council's customer service centre for all services today.",
+        );
+        assert_eq!(short_clause.len(), 1);
     }
 
     #[test]

@@ -305,6 +305,7 @@ impl PiperVoice {
         let mut audio = self.infer(ids, cancel)?;
         normalise_peak(&mut audio);
         let mut audio = resample(&audio, self.config.sample_rate, rate)?;
+        trim_leading_silence(&mut audio, rate);
         if silence_after {
             let silence = rate as usize * self.options.sentence_silence_ms as usize / 1000;
             audio.resize(audio.len() + silence, 0.0);
@@ -1111,6 +1112,22 @@ impl PromptCache {
     }
 }
 
+/// Below this (after peak normalisation, about -50 dBFS) a sample is silence.
+const LEADING_SILENCE_LEVEL: f32 = 0.003_2;
+/// Quiet lead kept before a sentence's first sound, so its onset is not clipped.
+const LEADING_SILENCE_KEEP_MS: usize = 5;
+
+/// Piper starts every sentence with ~40 ms of near-silence (measured on the
+/// shipped voice): at the start of an answer that is 40 ms more the caller
+/// waits for a voice, and between sentences the pause is set by
+/// `sentence_silence_ms` anyway, so the lead is cut to a few milliseconds.
+fn trim_leading_silence(audio: &mut Vec<f32>, rate: u32) {
+    let keep = rate as usize * LEADING_SILENCE_KEEP_MS / 1000;
+    if let Some(first) = audio.iter().position(|x| x.abs() > LEADING_SILENCE_LEVEL) {
+        audio.drain(..first.saturating_sub(keep));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1242,5 +1259,24 @@ mod tests {
         assert_eq!(config.sample_rate, 22_050);
         assert_eq!(config.espeak_voice, "en-gb");
         assert!((config.length_scale - 1.1).abs() < 1e-6);
+    }
+    #[test]
+    fn leading_silence_is_cut_to_a_short_lead() {
+        let rate = 8_000;
+        let mut audio = vec![0.0005f32; 320];
+        audio.extend([0.2, -0.3, 0.1]);
+        trim_leading_silence(&mut audio, rate);
+        assert_eq!(
+            audio.len(),
+            40 + 3,
+            "5 ms of lead kept before the first sound"
+        );
+        assert_eq!(audio[40], 0.2);
+        let mut silent = vec![0.0f32; 100];
+        trim_leading_silence(&mut silent, rate);
+        assert_eq!(silent.len(), 100, "all-silent audio is left alone");
+        let mut empty: Vec<f32> = Vec::new();
+        trim_leading_silence(&mut empty, rate);
+        assert!(empty.is_empty());
     }
 }
