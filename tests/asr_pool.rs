@@ -70,6 +70,7 @@ async fn asr_pool_transcribes_concurrent_utterances_on_every_worker() {
                     assert!(report.audio_seconds > 0.5);
                     counted.fetch_add(1, Ordering::Relaxed);
                 })),
+                threads_when_alone: 2,
             },
         )
         .expect("start pool"),
@@ -115,6 +116,7 @@ async fn asr_pool_answers_busy_when_the_queue_is_full_and_recovers() {
                 workers: 1,
                 queue_capacity: 1,
                 on_job_done: None,
+                threads_when_alone: 1,
             },
         )
         .expect("start pool"),
@@ -177,6 +179,7 @@ async fn asr_pool_cancels_jobs_when_the_caller_hangs_up() {
                 workers: 1,
                 queue_capacity: 2,
                 on_job_done: None,
+                threads_when_alone: 1,
             },
         )
         .expect("start pool"),
@@ -234,6 +237,7 @@ async fn asr_pool_reports_bad_audio_as_errors_and_shuts_down_cleanly() {
             workers: 1,
             queue_capacity: 4,
             on_job_done: None,
+            threads_when_alone: 1,
         },
     )
     .expect("start pool");
@@ -257,7 +261,8 @@ async fn asr_pool_reports_bad_audio_as_errors_and_shuts_down_cleanly() {
             AsrPoolConfig {
                 workers: 0,
                 queue_capacity: 1,
-                on_job_done: None
+                on_job_done: None,
+                threads_when_alone: 1
             }
         ),
         Err(AsrError::Config(_))

@@ -80,6 +80,13 @@ pub struct AsrPoolConfig {
     pub queue_capacity: usize,
     /// Called on the worker thread after each job, for latency histograms.
     pub on_job_done: Option<JobDoneHook>,
+    /// Threads a turn is decoded with when every other worker is idle and
+    /// nothing waits: the idle workers' cores are lent to it (a turn on the
+    /// tiny model took ~155 ms on two threads instead of ~250 ms on one),
+    /// and they take no job until it is done, so two decodes never share a
+    /// core (ggml ran 3-5x slower when they did). 1 turns lending off.
+    /// Default: 2 when there are at least two workers.
+    pub threads_when_alone: u16,
 }
 
 impl std::fmt::Debug for AsrPoolConfig {
@@ -88,6 +95,7 @@ impl std::fmt::Debug for AsrPoolConfig {
             .field("workers", &self.workers)
             .field("queue_capacity", &self.queue_capacity)
             .field("on_job_done", &self.on_job_done.is_some())
+            .field("threads_when_alone", &self.threads_when_alone)
             .finish()
     }
 }
@@ -99,6 +107,7 @@ impl Default for AsrPoolConfig {
             workers,
             queue_capacity: 8 * workers,
             on_job_done: None,
+            threads_when_alone: if workers >= 2 { 2 } else { 1 },
         }
     }
 }
@@ -232,6 +241,13 @@ struct Queues {
     /// Cancel flags of the partial jobs being decoded, to preempt them.
     /// Bounded by the number of workers.
     running_partials: Vec<Arc<AtomicBool>>,
+    /// Workers in the pool.
+    workers: usize,
+    /// Threads for a turn picked up while every other worker is idle.
+    threads_when_alone: u16,
+    /// A worker is decoding with the idle workers' cores: the others take
+    /// no job until it is done.
+    lent: bool,
     closed: bool,
 }
 
@@ -280,7 +296,28 @@ impl Queues {
 
     /// Whether a job submitted now would be picked up at once.
     fn worker_free(&self) -> bool {
-        self.idle_workers > self.turns.len() + self.background.len() + self.partials.len()
+        !self.lent
+            && self.idle_workers > self.turns.len() + self.background.len() + self.partials.len()
+    }
+
+    /// Threads for `job`, just taken by a worker: more than one only for a
+    /// turn while every other worker is idle and nothing else waits, and
+    /// then the others are held back until [`Self::give_back`].
+    fn threads_for(&mut self, job: &Job) -> Option<u16> {
+        let alone = self.idle_workers + 1 == self.workers
+            && self.turns.is_empty()
+            && self.background.is_empty()
+            && self.partials.is_empty();
+        // Only idle workers' cores are lent: a lone worker has none to borrow.
+        let threads = self
+            .threads_when_alone
+            .min(self.workers.min(usize::from(u16::MAX)) as u16);
+        if threads > 1 && job.class == JobClass::Turn && alone {
+            self.lent = true;
+            Some(threads)
+        } else {
+            None
+        }
     }
 
     /// A turn or background job needs a worker none is free for: the
@@ -333,6 +370,9 @@ impl AsrPool {
                 background_capacity,
                 idle_workers: 0,
                 running_partials: Vec::with_capacity(config.workers),
+                workers: config.workers,
+                threads_when_alone: config.threads_when_alone,
+                lent: false,
                 closed: false,
             }),
             job_ready: Condvar::new(),
@@ -491,15 +531,18 @@ impl Drop for AsrPool {
     }
 }
 
-/// The next job for a worker, or `None` once the pool is closed and drained.
-fn take_job(shared: &Shared) -> Option<Job> {
+/// The next job for a worker and the threads to decode it with (`None`: the
+/// model's), or `None` once the pool is closed and drained.
+fn take_job(shared: &Shared) -> Option<(Job, Option<u16>)> {
     let mut queues = shared.queues.lock();
     loop {
-        if let Some(job) = queues.next_job() {
+        // While another worker has this worker's core, jobs wait for it.
+        if let Some(job) = (!queues.lent).then(|| queues.next_job()).flatten() {
             if job.class == JobClass::Partial {
                 queues.running_partials.push(Arc::clone(&job.cancel));
             }
-            return Some(job);
+            let threads = queues.threads_for(&job);
+            return Some((job, threads));
         }
         if queues.closed {
             return None;
@@ -518,7 +561,7 @@ fn worker_loop(
 ) {
     let exported = &crate::metrics::pipeline().asr;
     let _alive = exported.worker_started();
-    while let Some(job) = take_job(shared) {
+    while let Some((job, threads)) = take_job(shared) {
         metrics.queued.fetch_sub(1, Ordering::Relaxed);
         exported.queued.dec();
         let picked_up = Instant::now();
@@ -535,6 +578,7 @@ fn worker_loop(
                 window: job.window,
                 without_prompt: false,
                 cancel: Some(Arc::clone(&job.cancel)),
+                threads,
             };
             let result = transcriber.transcribe(&audio, &options);
             metrics.in_progress.fetch_sub(1, Ordering::Relaxed);
@@ -547,6 +591,11 @@ fn worker_loop(
                 .lock()
                 .running_partials
                 .retain(|c| !Arc::ptr_eq(c, &job.cancel));
+        }
+        if threads.is_some() {
+            // The lent cores go back: the other workers may take jobs again.
+            shared.queues.lock().lent = false;
+            shared.job_ready.notify_all();
         }
         let processing = picked_up.elapsed();
 
@@ -618,8 +667,53 @@ mod tests {
             background_capacity,
             idle_workers,
             running_partials: Vec::new(),
+            workers: idle_workers.max(1),
+            threads_when_alone: 2,
+            lent: false,
             closed: false,
         }
+    }
+
+    /// A turn picked up while the other worker idles gets both cores, and
+    /// the other worker takes nothing until they are given back; a turn
+    /// picked up with other work waiting, or a partial, gets one thread.
+    #[test]
+    fn an_idle_workers_core_is_lent_to_a_lone_turn_only() {
+        // Two workers, both idle; the one picking up the turn is no longer idle.
+        let mut q = queues(4, 4, 2);
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        let turn = pick(&mut q).unwrap();
+        assert_eq!(q.threads_for(&turn), Some(2));
+        assert!(q.lent);
+        assert!(!q.worker_free(), "the lent core is not free for a partial");
+        q.lent = false;
+
+        // Two turns at once: each is decoded on its own core.
+        let mut q = queues(4, 4, 2);
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        let first = pick(&mut q).unwrap();
+        assert_eq!(q.threads_for(&first), None);
+        assert!(!q.lent);
+
+        // A partial never borrows.
+        let mut q = queues(4, 4, 2);
+        q.admit(job(JobClass::Partial, 1).0).unwrap();
+        let partial = pick(&mut q).unwrap();
+        assert_eq!(q.threads_for(&partial), None);
+
+        // A lone worker has no idle worker's core to borrow.
+        let mut q = queues(4, 4, 1);
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        let turn = pick(&mut q).unwrap();
+        assert_eq!(q.threads_for(&turn), None);
+
+        // Lending off.
+        let mut q = queues(4, 4, 2);
+        q.threads_when_alone = 1;
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        let turn = pick(&mut q).unwrap();
+        assert_eq!(q.threads_for(&turn), None);
     }
 
     fn job(
@@ -666,6 +760,7 @@ mod tests {
                     workers: 1,
                     queue_capacity: 2,
                     on_job_done: None,
+                    threads_when_alone: 1,
                 },
             )
             .expect("pool"),

@@ -98,6 +98,10 @@ pub struct TranscribeOptions {
     /// Set to abandon the transcription (the caller hung up); checked by
     /// whisper.cpp between graph nodes, so it stops within milliseconds.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// whisper.cpp threads for this transcription instead of the model's
+    /// `threads` (the pool lends an idle core this way; see
+    /// [`super::pool::AsrPoolConfig::threads_when_alone`]).
+    pub threads: Option<u16>,
 }
 
 /// The text of one utterance and how it was obtained.
@@ -443,7 +447,7 @@ impl Transcriber {
         let model = &self.model;
         let config = &model.config;
         let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        params.set_n_threads(i32::from(config.threads));
+        params.set_n_threads(i32::from(options.threads.unwrap_or(config.threads).max(1)));
         params.set_language(Some(config.language.as_str()));
         params.set_translate(false);
         // Each utterance stands alone: text from the previous caller must not

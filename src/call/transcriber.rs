@@ -294,6 +294,7 @@ mod tests {
                     workers: 1,
                     queue_capacity: 2,
                     on_job_done: None,
+                    threads_when_alone: 1,
                 },
             )
             .expect("pool"),
