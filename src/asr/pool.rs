@@ -229,6 +229,13 @@ impl Drop for CancelOnDrop {
 /// rides out a burst of assistant turns without holding stale audio for long.
 const BACKGROUND_BACKLOG_PER_WORKER: usize = 4;
 
+/// An idle worker's core is lent to a turn only if fewer than this many
+/// turns were picked up within [`LEND_WINDOW`]: one caller's turn, its
+/// speculative pass and a barge-in check stay under it; a busy switchboard
+/// does not.
+const LEND_WHEN_FEWER_THAN: usize = 4;
+const LEND_WINDOW: Duration = Duration::from_secs(2);
+
 /// The jobs waiting, by class, and what the workers are doing.
 struct Queues {
     turns: VecDeque<Job>,
@@ -248,6 +255,9 @@ struct Queues {
     /// A worker is decoding with the idle workers' cores: the others take
     /// no job until it is done.
     lent: bool,
+    /// When the last [`LEND_WHEN_FEWER_THAN`] turns were picked up, oldest
+    /// first: lending pays only when turns are sparse.
+    recent_turns: VecDeque<Instant>,
     closed: bool,
 }
 
@@ -304,7 +314,27 @@ impl Queues {
     /// turn while every other worker is idle and nothing else waits, and
     /// then the others are held back until [`Self::give_back`].
     fn threads_for(&mut self, job: &Job) -> Option<u16> {
-        let alone = self.idle_workers + 1 == self.workers
+        self.threads_for_at(job, Instant::now())
+    }
+
+    fn threads_for_at(&mut self, job: &Job, now: Instant) -> Option<u16> {
+        if job.class != JobClass::Turn {
+            return None;
+        }
+        // Under load a borrowed core costs more than it saves: two threads
+        // use ~25 % more CPU per turn, and a turn arriving just after waits
+        // for the lent core. Lending is for sparse turns only.
+        let busy = self.recent_turns.len() >= LEND_WHEN_FEWER_THAN
+            && self
+                .recent_turns
+                .front()
+                .is_some_and(|oldest| now.duration_since(*oldest) < LEND_WINDOW);
+        if self.recent_turns.len() >= LEND_WHEN_FEWER_THAN {
+            self.recent_turns.pop_front();
+        }
+        self.recent_turns.push_back(now);
+        let alone = !busy
+            && self.idle_workers + 1 == self.workers
             && self.turns.is_empty()
             && self.background.is_empty()
             && self.partials.is_empty();
@@ -312,7 +342,7 @@ impl Queues {
         let threads = self
             .threads_when_alone
             .min(self.workers.min(usize::from(u16::MAX)) as u16);
-        if threads > 1 && job.class == JobClass::Turn && alone {
+        if threads > 1 && alone {
             self.lent = true;
             Some(threads)
         } else {
@@ -373,6 +403,7 @@ impl AsrPool {
                 workers: config.workers,
                 threads_when_alone: config.threads_when_alone,
                 lent: false,
+                recent_turns: VecDeque::with_capacity(LEND_WHEN_FEWER_THAN),
                 closed: false,
             }),
             job_ready: Condvar::new(),
@@ -670,8 +701,33 @@ mod tests {
             workers: idle_workers.max(1),
             threads_when_alone: 2,
             lent: false,
+            recent_turns: VecDeque::new(),
             closed: false,
         }
+    }
+
+    /// Turns in quick succession (a busy switchboard) are decoded on one
+    /// thread each even when a worker happens to be idle; once they thin
+    /// out, a lone turn borrows the idle core again.
+    #[test]
+    fn no_core_is_lent_while_turns_come_thick_and_fast() {
+        let mut q = queues(8, 4, 2);
+        let start = Instant::now();
+        let mut lent = Vec::new();
+        for i in 0..6u64 {
+            q.admit(job(JobClass::Turn, 1).0).unwrap();
+            let turn = pick(&mut q).unwrap();
+            lent.push(q.threads_for_at(&turn, start + Duration::from_millis(300 * i)));
+            q.lent = false;
+            q.idle_workers += 1;
+        }
+        assert_eq!(lent, vec![Some(2), Some(2), Some(2), Some(2), None, None]);
+        q.admit(job(JobClass::Turn, 1).0).unwrap();
+        let turn = pick(&mut q).unwrap();
+        assert_eq!(
+            q.threads_for_at(&turn, start + Duration::from_secs(5)),
+            Some(2)
+        );
     }
 
     /// A turn picked up while the other worker idles gets both cores, and
