@@ -113,22 +113,18 @@ fn main() -> std::process::ExitCode {
     }
     let mut questions = Vec::new();
     for path in &args.questions {
-        match std::fs::read(path) {
-            Ok(bytes) if bytes.len() <= 8_000 * 20 => questions.push(bytes),
-            Ok(_) => {
-                eprintln!("{}: longer than 20 s", path.display());
-                return std::process::ExitCode::from(2);
-            }
+        match read_ulaw(path, 20) {
+            Ok(bytes) => questions.push(bytes),
             Err(e) => {
-                eprintln!("{}: {e}", path.display());
+                eprintln!("{e}");
                 return std::process::ExitCode::from(2);
             }
         }
     }
     let holding: Option<Vec<f32>> = match &args.holding {
         None => None,
-        Some(path) => match std::fs::read(path) {
-            Ok(bytes) if bytes.len() <= 8_000 * 10 => {
+        Some(path) => match read_ulaw(path, 10) {
+            Ok(bytes) => {
                 let envelope = loudness_envelope(&bytes);
                 if envelope.len() < HOLDING_COMPARED + HOLDING_MAX_SHIFT {
                     eprintln!("{}: too short for a holding phrase", path.display());
@@ -136,12 +132,8 @@ fn main() -> std::process::ExitCode {
                 }
                 Some(envelope)
             }
-            Ok(_) => {
-                eprintln!("{}: longer than 10 s", path.display());
-                return std::process::ExitCode::from(2);
-            }
             Err(e) => {
-                eprintln!("{}: {e}", path.display());
+                eprintln!("{e}");
                 return std::process::ExitCode::from(2);
             }
         },
@@ -519,6 +511,15 @@ impl<'h> AnswerOnset<'h> {
 
 fn log_peak(peak: u16) -> f32 {
     f32::from(peak).ln_1p()
+}
+
+/// A raw 8 kHz µ-law file of at most `max_seconds`.
+fn read_ulaw(path: &std::path::Path, max_seconds: usize) -> Result<Vec<u8>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() <= 8_000 * max_seconds => Ok(bytes),
+        Ok(_) => Err(format!("{}: longer than {max_seconds} s", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// Per-packet loudness from the first voiced packet on.

@@ -13,8 +13,8 @@
 # phrase ("One moment, please.") is not the answer: its latency runs on to
 # the answer after it, and the phrases heard are counted.
 # The engine starts fresh each time: the first single call is the cold case
-# (knowledge-base answers are synthesised ahead of time from the first call
-# on, and every synthesised sentence is kept), later calls are warm.
+# (knowledge-base answers are synthesised ahead of time from start-up on,
+# and every synthesised sentence is kept), later calls are warm.
 # Env: NO_BUILD=1 skips the release build; ENGINE_LOG=FILE keeps the engine's log;
 # EACH=1 also prints every call's latencies in order; KNOWLEDGE_DIR (default
 # knowledge) and GOVERNANCE_FILE (default governance/safeguarding.toml); SIP_PORT (5090), RTP_PORTS

@@ -341,13 +341,19 @@ impl Queues {
         // Only idle workers' cores are lent: a lone worker has none to borrow.
         let threads = self
             .threads_when_alone
-            .min(self.workers.min(usize::from(u16::MAX)) as u16);
+            .min(u16::try_from(self.workers).unwrap_or(u16::MAX));
         if threads > 1 && alone {
             self.lent = true;
             Some(threads)
         } else {
             None
         }
+    }
+
+    /// The turn that borrowed the idle workers' cores is done: they may take
+    /// jobs again.
+    fn give_back(&mut self) {
+        self.lent = false;
     }
 
     /// A turn or background job needs a worker none is free for: the
@@ -568,7 +574,8 @@ fn take_job(shared: &Shared) -> Option<(Job, Option<u16>)> {
     let mut queues = shared.queues.lock();
     loop {
         // While another worker has this worker's core, jobs wait for it.
-        if let Some(job) = (!queues.lent).then(|| queues.next_job()).flatten() {
+        let job = if queues.lent { None } else { queues.next_job() };
+        if let Some(job) = job {
             if job.class == JobClass::Partial {
                 queues.running_partials.push(Arc::clone(&job.cancel));
             }
@@ -624,8 +631,7 @@ fn worker_loop(
                 .retain(|c| !Arc::ptr_eq(c, &job.cancel));
         }
         if threads.is_some() {
-            // The lent cores go back: the other workers may take jobs again.
-            shared.queues.lock().lent = false;
+            shared.queues.lock().give_back();
             shared.job_ready.notify_all();
         }
         let processing = picked_up.elapsed();

@@ -417,22 +417,13 @@ impl Transcriber {
                 "fitted Whisper window rejected; decoding with a larger window"
             );
         }
-        if let Some(trip) = first_trip {
-            let decoded = self.decode(pcm, None, budget, options)?;
-            return Ok((
-                decoded,
-                WindowUsed {
-                    audio_ctx: FULL_WINDOW,
-                    fallback: Some(trip),
-                },
-            ));
-        }
+        // No fitted window, or every fitted one rejected (`first_trip` says why).
         let decoded = self.decode(pcm, None, budget, options)?;
         Ok((
             decoded,
             WindowUsed {
                 audio_ctx: FULL_WINDOW,
-                fallback: None,
+                fallback: first_trip,
             },
         ))
     }

@@ -92,9 +92,7 @@ impl WindowPolicy {
             }
         }
     }
-}
 
-impl WindowPolicy {
     /// The window to try after the guards rejected the text of a
     /// `tried`-position window: a fitted one of at least [`RETRY_MINIMUM`]
     /// when that is larger (a third of the full window's cost on a short
@@ -229,12 +227,7 @@ pub struct DecodeSummary<'a> {
 
 /// The first guard that rejects `decoded`, if any.
 pub fn check_transcript(decoded: &DecodeSummary<'_>, limits: &GuardLimits) -> Option<GuardTrip> {
-    let words: Vec<&str> = decoded
-        .text
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = words_of(decoded.text);
     if words.is_empty() || is_non_speech_annotation(decoded.text) {
         return (decoded.active_level_dbfs > limits.voiced_level_dbfs)
             .then_some(GuardTrip::NoSpeechInVoicedAudio);
@@ -271,29 +264,32 @@ pub fn check_transcript(decoded: &DecodeSummary<'_>, limits: &GuardLimits) -> Op
 pub fn restarted_sentence(text: &str) -> Option<&str> {
     let end = text.find(['.', '?', '!'])? + 1;
     let (head, rest) = text.split_at(end);
-    let clean = |w: &str| {
-        w.trim_matches(|c: char| !c.is_alphanumeric())
-            .to_lowercase()
-    };
-    let head_words: Vec<String> = head
-        .split_whitespace()
-        .map(clean)
-        .filter(|w| !w.is_empty())
-        .collect();
-    let rest_words: Vec<String> = rest
-        .split_whitespace()
-        .map(clean)
-        .filter(|w| !w.is_empty())
-        .collect();
+    let head_words = words_of(head);
+    let rest_words = words_of(rest);
     if head_words.len() < MIN_RESTART_WORDS || rest_words.len() < MIN_RESTART_WORDS {
         return None;
     }
     let last = rest_words.len() - 1;
     let restates = rest_words.iter().enumerate().all(|(i, word)| {
-        let expected = &head_words[i % head_words.len()];
-        word == expected || (i == last && expected.starts_with(word.as_str()))
+        let expected = head_words[i % head_words.len()];
+        let compared = if i == last {
+            // The token budget may stop the loop mid-word.
+            expected.get(..word.len()).unwrap_or(expected)
+        } else {
+            expected
+        };
+        compared.eq_ignore_ascii_case(word)
     });
     restates.then(|| head.trim())
+}
+
+/// The words of `text` without surrounding punctuation, as the guards count
+/// and compare them.
+fn words_of(text: &str) -> Vec<&str> {
+    text.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .collect()
 }
 
 /// Fewest words a restart must repeat before it is taken for a loop: "Yes.
@@ -539,6 +535,7 @@ mod tests {
         assert_eq!(token_budget(1000.0, 8.0, 16), 220);
         assert_eq!(token_budget(f32::NAN, 8.0, 16), 16);
     }
+
     #[test]
     fn a_decode_that_restarts_its_sentence_keeps_the_sentence() {
         assert_eq!(

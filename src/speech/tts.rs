@@ -1260,6 +1260,7 @@ mod tests {
         assert_eq!(config.espeak_voice, "en-gb");
         assert!((config.length_scale - 1.1).abs() < 1e-6);
     }
+
     #[test]
     fn leading_silence_is_cut_to_a_short_lead() {
         let rate = 8_000;
