@@ -415,6 +415,49 @@ fn topic_words_alone_neither_hide_nor_invent_risk() {
     }
 }
 
+/// A risk buried behind a council topic in a long utterance fires from its
+/// clause, and the reason on the agent's screen quotes that clause; the same
+/// topic with an ordinary worry in the same place does not escalate.
+#[test]
+fn a_risk_buried_behind_a_council_topic_is_found_in_its_clause() {
+    let Some(engine) = engine() else { return };
+    for (text, expected) in [
+        (
+            "i was ringing to ask about paying my council tax monthly instead of all at once \
+             but to be honest ive written letters to my kids saying goodbye",
+            Escalation::Distress,
+        ),
+        (
+            "can you tell me when the green bin goes out this month and also my daughters \
+             boyfriend locks her in the bedroom when hes been drinking",
+            Escalation::Safeguarding,
+        ),
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, expected, "{text}: {}", c.reason);
+    }
+    // Embedded whole, the first is a council tax call; its clause is not.
+    let c = engine.classify(
+        "i was ringing to ask about paying my council tax monthly instead of all at once \
+         but to be honest ive written letters to my kids saying goodbye",
+    );
+    assert!(
+        c.reason
+            .contains("the clause \"ive written letters to my kids saying goodbye\""),
+        "{}",
+        c.reason
+    );
+    for text in [
+        "i was ringing to ask about paying my council tax monthly instead of all at once \
+         because money has been really tight since i was made redundant",
+        "can you tell me when the green bin goes out this month and also whether the \
+         tip on the ring road is open on sundays",
+    ] {
+        let c = engine.classify(text);
+        assert_eq!(c.escalate, Escalation::None, "{text}: {}", c.reason);
+    }
+}
+
 /// A rule that found one risk is not relabelled by a borderline meaning
 /// score for another, and between distress and safeguarding (same queue,
 /// same priority) the closer examples name the reason.

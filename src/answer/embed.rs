@@ -599,10 +599,35 @@ impl SentenceEmbedder {
     /// Mean of the token vectors over the real tokens, L2-normalised (the
     /// sentence-transformers recipe for both supported models).
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
-        let ids = self.tokenizer.encode(text, self.max_tokens);
-        let mask = vec![1i64; ids.len()];
-        let types = vec![0i64; ids.len()];
-        let shape = [1usize, ids.len()];
+        let mut vectors = self.embed_batch(&[text])?;
+        vectors
+            .pop()
+            .ok_or_else(|| EmbedError::Inference("the model returned no vector".into()))
+    }
+
+    /// Embeds several texts in one model run (rows padded to the longest,
+    /// padding masked out of both attention and pooling): cheaper than one
+    /// run each, since a run's fixed cost is most of a short sentence's.
+    /// Vectors come back in the order of `texts`.
+    pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<Vec<i64>> = texts
+            .iter()
+            .map(|text| self.tokenizer.encode(text, self.max_tokens))
+            .collect();
+        let rows = encoded.len();
+        let width = encoded.iter().map(Vec::len).max().unwrap_or(2);
+        // [PAD] is id 0 in every BERT vocabulary; masked, its value is unused.
+        let mut ids = vec![0i64; rows * width];
+        let mut mask = vec![0i64; rows * width];
+        for (row, pieces) in encoded.iter().enumerate() {
+            ids[row * width..row * width + pieces.len()].copy_from_slice(pieces);
+            mask[row * width..row * width + pieces.len()].fill(1);
+        }
+        let types = vec![0i64; rows * width];
+        let shape = [rows, width];
         let ids_tensor = TensorRef::from_array_view((shape, ids.as_slice()))?;
         let mask_tensor = TensorRef::from_array_view((shape, mask.as_slice()))?;
         let mut session = self.lock_session();
@@ -619,32 +644,41 @@ impl SentenceEmbedder {
                 "attention_mask" => mask_tensor,
             ])?
         };
-        // The token vectors are the one rank-3 float output ([1, tokens, dim]);
-        // found by shape because exported graphs name it differently.
+        // The token vectors are the one rank-3 float output ([rows, tokens,
+        // dim]); found by shape because exported graphs name it differently.
         for (_, value) in outputs.iter() {
             let Ok((shape, data)) = value.try_extract_tensor::<f32>() else {
                 continue;
             };
-            if shape.len() != 3 || shape[1] as usize != ids.len() || shape[2] <= 0 {
+            if shape.len() != 3
+                || shape[0] as usize != rows
+                || shape[1] as usize != width
+                || shape[2] <= 0
+            {
                 continue;
             }
             let dim = shape[2] as usize;
-            let mut pooled = vec![0f32; dim];
-            for token in data.chunks_exact(dim) {
-                for (sum, x) in pooled.iter_mut().zip(token) {
-                    *sum += x;
+            let mut vectors = Vec::with_capacity(rows);
+            for (row, pieces) in encoded.iter().enumerate() {
+                let mut pooled = vec![0f32; dim];
+                let tokens = &data[row * width * dim..(row * width + pieces.len()) * dim];
+                for token in tokens.chunks_exact(dim) {
+                    for (sum, x) in pooled.iter_mut().zip(token) {
+                        *sum += x;
+                    }
                 }
-            }
-            let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if norm > 0.0 && norm.is_finite() {
-                for x in &mut pooled {
-                    *x /= norm;
+                let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 && norm.is_finite() {
+                    for x in &mut pooled {
+                        *x /= norm;
+                    }
                 }
+                vectors.push(pooled);
             }
-            return Ok(pooled);
+            return Ok(vectors);
         }
         Err(EmbedError::Inference(
-            "the model has no [1, tokens, dim] float output".into(),
+            "the model has no [rows, tokens, dim] float output".into(),
         ))
     }
 

@@ -514,7 +514,9 @@ impl Governance {
         if normalised.trim().is_empty() {
             return decision;
         }
-        let semantic = match scorer.assess(normalised, &masked) {
+        // Clauses are scored only when the rules found no risk.
+        let semantic = match scorer.assess_with(normalised, &masked, !decision.escalation.is_risk())
+        {
             Ok(semantic) => semantic,
             Err(error) => {
                 // Rules still stand; the failure is on the audit trail.

@@ -11,6 +11,7 @@
 //! danger is handed over whatever service they also asked about.
 
 pub mod classifier;
+pub mod clauses;
 pub mod cli;
 pub mod conversation;
 pub mod embed;
