@@ -689,7 +689,7 @@ impl SemanticScorer {
         let mut slots = Vec::with_capacity(self.categories.len());
         let mut lean = f32::MIN;
         for (index, (c, closest)) in self.categories.iter().zip(&whole.categories).enumerate() {
-            let Some((nearest, similarity)) = closest.best() else {
+            let Some((_, similarity)) = closest.best() else {
                 continue;
             };
             let score = closest.mean();
@@ -697,16 +697,8 @@ impl SemanticScorer {
             if c.category.is_risk() {
                 lean = lean.max(score - competitor);
             }
-            matches.push(SemanticMatch {
-                category: c.category,
-                prototype: c.examples.phrases[nearest].clone(),
-                similarity,
-                score,
-                supporting: self.supporting(c, closest),
-                threshold: c.threshold,
-                fired: long_enough && c.fires(similarity, score, competitor),
-                clause: None,
-            });
+            let fired = long_enough && c.fires(similarity, score, competitor);
+            matches.extend(self.matched(c, closest, fired, None));
             slots.push(index);
         }
         let risk_fired = matches.iter().any(|m| m.fired && m.category.is_risk());
@@ -756,40 +748,48 @@ impl SemanticScorer {
                 else {
                     continue;
                 };
-                let Some((nearest, similarity)) = closest.best() else {
-                    continue;
-                };
                 let score = closest.mean();
                 let competitor = scores.competitor(c.category);
                 let fires = c.category.is_risk()
                     && score >= c.threshold
                     && score - competitor >= c.margin + self.clauses.margin;
                 // The strongest firing clause names the reason.
-                if fires && (!m.fired || score > m.score) {
-                    *m = SemanticMatch {
-                        category: c.category,
-                        prototype: c.examples.phrases[nearest].clone(),
-                        similarity,
-                        score,
-                        supporting: self.supporting(c, closest),
-                        threshold: c.threshold,
-                        fired: true,
-                        clause: Some((clause.clone(), competitor)),
-                    };
+                if fires
+                    && (!m.fired || score > m.score)
+                    && let Some(hit) =
+                        self.matched(c, closest, true, Some((clause.clone(), competitor)))
+                {
+                    *m = hit;
                 }
             }
         }
         Ok(())
     }
 
-    /// The examples after the nearest that make up a score.
-    fn supporting(&self, c: &CategoryPrototypes, closest: &Neighbours) -> Vec<(String, f32)> {
-        closest
-            .as_slice()
-            .iter()
-            .skip(1)
-            .map(|(i, s)| (c.examples.phrases[*i].clone(), *s))
-            .collect()
+    /// A category's match from its nearest examples (none if it has none).
+    fn matched(
+        &self,
+        c: &CategoryPrototypes,
+        closest: &Neighbours,
+        fired: bool,
+        clause: Option<(String, f32)>,
+    ) -> Option<SemanticMatch> {
+        let (nearest, similarity) = closest.best()?;
+        Some(SemanticMatch {
+            category: c.category,
+            prototype: c.examples.phrases[nearest].clone(),
+            similarity,
+            score: closest.mean(),
+            supporting: closest
+                .as_slice()
+                .iter()
+                .skip(1)
+                .map(|(i, s)| (c.examples.phrases[*i].clone(), *s))
+                .collect(),
+            threshold: c.threshold,
+            fired,
+            clause,
+        })
     }
 
     /// Per intent (knowledge order), the similarity of its nearest example.
