@@ -125,7 +125,7 @@ fn default_clause_margin() -> f32 {
     0.16
 }
 fn default_clause_lean() -> f32 {
-    -0.15
+    -0.20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -686,9 +686,8 @@ impl SemanticScorer {
         let words = normalised.split_whitespace().count();
         let long_enough = words >= MIN_WORDS;
         let mut matches = Vec::with_capacity(self.categories.len());
-        let mut slots = Vec::with_capacity(self.categories.len());
         let mut lean = f32::MIN;
-        for (index, (c, closest)) in self.categories.iter().zip(&whole.categories).enumerate() {
+        for (c, closest) in self.categories.iter().zip(&whole.categories) {
             let Some((_, similarity)) = closest.best() else {
                 continue;
             };
@@ -699,7 +698,6 @@ impl SemanticScorer {
             }
             let fired = long_enough && c.fires(similarity, score, competitor);
             matches.extend(self.matched(c, closest, fired, None));
-            slots.push(index);
         }
         let risk_fired = matches.iter().any(|m| m.fired && m.category.is_risk());
         let settings = &self.clauses;
@@ -708,7 +706,7 @@ impl SemanticScorer {
             && !risk_fired
             && words >= settings.min_words
             && lean >= settings.lean
-            && let Err(error) = self.assess_clauses(masked, &slots, &mut matches)
+            && let Err(error) = self.assess_clauses(masked, &mut matches)
         {
             // The whole-utterance result stands; the failure is logged.
             tracing::error!(%error, "clause scoring failed; whole utterance only");
@@ -726,12 +724,10 @@ impl SemanticScorer {
     }
 
     /// Scores each clause of `masked` (one model run for all of them) and
-    /// marks the risk categories a clause fires, naming the clause. `slots`
-    /// maps each entry of `matches` to its category.
+    /// marks the risk categories a clause fires, naming the clause.
     fn assess_clauses(
         &self,
         masked: &str,
-        slots: &[usize],
         matches: &mut [SemanticMatch],
     ) -> Result<(), EmbedError> {
         let parts = super::clauses::clauses(masked, self.clauses.max_clauses);
@@ -742,17 +738,15 @@ impl SemanticScorer {
         let vectors = self.embedder.embed_batch(&texts)?;
         for (clause, vector) in parts.iter().zip(&vectors) {
             let scores = self.score(vector);
-            for (slot, m) in slots.iter().zip(matches.iter_mut()) {
-                let (Some(c), Some(closest)) =
-                    (self.categories.get(*slot), scores.categories.get(*slot))
-                else {
+            let risks = self.categories.iter().zip(&scores.categories);
+            for (c, closest) in risks.filter(|(c, _)| c.category.is_risk()) {
+                let Some(m) = matches.iter_mut().find(|m| m.category == c.category) else {
                     continue;
                 };
                 let score = closest.mean();
                 let competitor = scores.competitor(c.category);
-                let fires = c.category.is_risk()
-                    && score >= c.threshold
-                    && score - competitor >= c.margin + self.clauses.margin;
+                let fires =
+                    score >= c.threshold && score - competitor >= c.margin + self.clauses.margin;
                 // The strongest firing clause names the reason.
                 if fires
                     && (!m.fired || score > m.score)
