@@ -149,6 +149,9 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "my mum collapsed two years ago and now needs a carer",
         "what should residents do if they smell gas",
         "im not in danger i just need a new lock fitted",
+        "the flat had a fire back in march and the door still sticks",
+        "im selling my car so i wont be needing the parking permit",
+        "my dad has been taking money out of his savings to pay for the care home",
     ] {
         let c = engine.classify(text);
         assert_eq!(c.escalate.as_str(), "none", "{text}: {}", c.reason);
@@ -190,6 +193,14 @@ fn guards_never_hide_danger_that_is_happening_now() {
             "safeguarding",
         ),
         ("im not suicidal but i want to hurt myself", "distress"),
+        (
+            "theres a fire in the house we bought last year",
+            "emergency",
+        ),
+        (
+            "cancel my parking permit i wont be needing it after tonight ive planned it all",
+            "distress",
+        ),
     ] {
         let c = engine.classify(text);
         if expected == "escalated" {
@@ -229,6 +240,25 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "safeguarding",
         ),
         ("can i have a word with a lady please", "human_request"),
+        ("actual human please", "human_request"),
+        (
+            "he has been taking money out of mums account and theres nothing left",
+            "safeguarding",
+        ),
+        ("shes been spending all of dads savings", "safeguarding"),
+        (
+            "his fridge is always empty when i visit my uncle",
+            "safeguarding",
+        ),
+        (
+            "he reads all my texts and im not allowed to see my sister",
+            "safeguarding",
+        ),
+        ("ive left a letter for whoever finds me", "distress"),
+        (
+            "the kids would be better off in care without me",
+            "distress",
+        ),
     ] {
         let c = engine.classify(text);
         assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);

@@ -122,7 +122,7 @@ fn default_max_clauses() -> usize {
     3
 }
 fn default_clause_margin() -> f32 {
-    0.16
+    0.12
 }
 fn default_clause_lean() -> f32 {
     -0.20
