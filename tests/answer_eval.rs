@@ -256,6 +256,23 @@ fn indirect_wording_of_each_risk_is_escalated() {
         ),
         ("ive left a letter for whoever finds me", "distress"),
         (
+            "i wont be around after the weekend if you know what i mean",
+            "distress",
+        ),
+        (
+            "the bath overflowed and the water is up to the sockets",
+            "emergency",
+        ),
+        ("smokes pouring out of the flat below", "emergency"),
+        (
+            "i want to be passed to the team in council tax",
+            "human_request",
+        ),
+        (
+            "id like to have a word with someone about my bill",
+            "human_request",
+        ),
+        (
             "the kids would be better off in care without me",
             "distress",
         ),
