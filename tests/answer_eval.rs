@@ -151,6 +151,7 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "im not in danger i just need a new lock fitted",
         "the flat had a fire back in march and the door still sticks",
         "im selling my car so i wont be needing the parking permit",
+        "i feel stabbed in the back by the bin men they skipped me again",
         "my dad has been taking money out of his savings to pay for the care home",
     ] {
         let c = engine.classify(text);
@@ -193,6 +194,10 @@ fn guards_never_hide_danger_that_is_happening_now() {
             "safeguarding",
         ),
         ("im not suicidal but i want to hurt myself", "distress"),
+        (
+            "my neighbour stabbed me in the back with a knife and im bleeding",
+            "emergency",
+        ),
         (
             "theres a fire in the house we bought last year",
             "emergency",
@@ -255,6 +260,10 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "safeguarding",
         ),
         ("ive left a letter for whoever finds me", "distress"),
+        (
+            "my ex keeps coming round and says hell do worse next time",
+            "safeguarding",
+        ),
         (
             "i wont be around after the weekend if you know what i mean",
             "distress",
