@@ -152,6 +152,9 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "the flat had a fire back in march and the door still sticks",
         "im selling my car so i wont be needing the parking permit",
         "i feel stabbed in the back by the bin men they skipped me again",
+        "my dad had a stroke and is coming home from hospital on friday so he needs a stairlift",
+        "i need to renew my library books on suicide prevention for my nursing course",
+        "when is the refuge collection on my street",
         "my dad has been taking money out of his savings to pay for the care home",
     ] {
         let c = engine.classify(text);
@@ -260,6 +263,27 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "safeguarding",
         ),
         ("ive left a letter for whoever finds me", "distress"),
+        (
+            "im moving into a refuge next week and he mustnt find out where",
+            "safeguarding",
+        ),
+        (
+            "my nephew is being picked up by older lads after school and comes back with money",
+            "safeguarding",
+        ),
+        ("he burnt my passport so i cant get away", "safeguarding"),
+        (
+            "my partner controls all the money and wont let me see the bank statements",
+            "safeguarding",
+        ),
+        (
+            "you wont need to worry about me for much longer",
+            "distress",
+        ),
+        (
+            "cancel my bins i wont need anything where im going",
+            "distress",
+        ),
         (
             "my ex keeps coming round and says hell do worse next time",
             "safeguarding",
