@@ -264,6 +264,14 @@ fn indirect_wording_of_each_risk_is_escalated() {
         ),
         ("ive left a letter for whoever finds me", "distress"),
         (
+            "we are in a refuge now and need the council tax moving",
+            "safeguarding",
+        ),
+        (
+            "he makes me hand over my wages every friday",
+            "safeguarding",
+        ),
+        (
             "im moving into a refuge next week and he mustnt find out where",
             "safeguarding",
         ),
