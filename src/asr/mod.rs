@@ -77,5 +77,12 @@ pub fn transcribe_file(model: &Path, wav: &Path) -> Result<String, AsrError> {
     let model = AsrModel::load(model, AsrConfig::default())?;
     let mut transcriber = model.transcriber()?;
     let transcript = transcriber.transcribe(&audio, &TranscribeOptions::default())?;
+    tracing::debug!(
+        text = %transcript.text,
+        mean_logprob = transcript.mean_logprob,
+        text_tokens = transcript.text_tokens,
+        audio_seconds = transcript.audio_seconds,
+        "transcribed"
+    );
     Ok(transcript.text)
 }

@@ -405,12 +405,32 @@ fn words_of(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Below this mean token log-probability a burst's words are Whisper
+/// guessing, not evidence (Whisper's own decoders take −1.0 as a failed
+/// decode). Measured on Piper's "Mm hmm." cut at 40 different onsets, gaps
+/// and levels through G.711: most mishearings ("And remember,", "Memo.",
+/// "Mememom.") scored −1.0 to −1.41; real short requests scored −0.08 to
+/// −0.67 when recognised right.
+const MIN_BURST_LOGPROB: f32 = -1.0;
+
+/// Words that carry no request of their own: what Whisper strings together
+/// when it hears words in a hum ("And I'm not.", "And then known.").
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "then", "but", "or", "so", "if", "of", "to", "in", "on", "at", "for",
+    "with", "is", "was", "are", "am", "be", "it's", "that", "that's", "this", "there", "i'm",
+    "i've", "i'll", "me", "my", "we", "he", "she", "they", "not", "just", "well", "now", "know",
+    "all", "do", "did",
+];
+
 /// Whether the words of a short burst over Frontdoor ask it to stop. Whisper
-/// is least reliable on exactly these bursts ("mm hmm" came back as "Amen,
-/// none."), so a burst interrupts only on evidence: a word that means stop,
-/// or enough words that are not acknowledgements to be a request; a burst
-/// the answer engine recognises as a request is caught by the caller.
-pub fn short_burst_interrupts(text: &str) -> bool {
+/// is least reliable on exactly these bursts (Piper's "mm hmm" came back as
+/// "Amen, none.", "And then known.", "And I'm not." and "Meme Meme Meme"),
+/// so a burst interrupts only on evidence: a word that means stop (whatever
+/// the confidence: a missed "stop" is worse than a misheard one), or a
+/// confident request of three or more words, two of them different words
+/// with meaning. A burst the answer engine recognises as a request or a
+/// risk is caught by the caller, whatever the confidence.
+pub fn short_burst_interrupts(text: &str, mean_logprob: f32) -> bool {
     let words = words_of(text);
     if words
         .iter()
@@ -418,11 +438,18 @@ pub fn short_burst_interrupts(text: &str) -> bool {
     {
         return true;
     }
-    let content = words
+    if mean_logprob < MIN_BURST_LOGPROB || words.len() < 3 {
+        return false;
+    }
+    // A word repeated is Whisper looping on a sound, not more words.
+    let mut meaningful: Vec<&str> = words
         .iter()
-        .filter(|w| !BACKCHANNEL_WORDS.contains(&w.as_str()))
-        .count();
-    content >= 3
+        .map(String::as_str)
+        .filter(|w| !BACKCHANNEL_WORDS.contains(w) && !FUNCTION_WORDS.contains(w))
+        .collect();
+    meaningful.sort_unstable();
+    meaningful.dedup();
+    meaningful.len() >= 2
 }
 
 /// No speech recognition is running or waiting: ahead-of-time synthesis
@@ -860,12 +887,14 @@ impl Pipeline<'_> {
                 }, if self.hold.as_ref().is_some_and(|h| h.verdict.is_some()) => {
                     let Some((burst, end, _)) = self.hold.as_mut().and_then(|h| h.verdict.take()) else { continue };
                     // A recogniser that failed or was busy cannot justify cutting the answer.
-                    let text = result.map(|t| t.text.trim().to_string()).unwrap_or_default();
-                    let backchannel =
-                        !short_burst_interrupts(&text) && !self.is_complete_request(&text);
+                    let (text, mean_logprob) = result
+                        .map(|t| (t.text.trim().to_string(), t.mean_logprob))
+                        .unwrap_or_default();
+                    let backchannel = !short_burst_interrupts(&text, mean_logprob)
+                        && !self.is_complete_request(&text);
                     self.listener.verdict(burst, backchannel);
                     if backchannel {
-                        info!(words = %log.redact(&text), "backchannel over the answer; carrying on");
+                        info!(words = %log.redact(&text), mean_logprob, "backchannel over the answer; carrying on");
                         log.audit("backchannel", format!("caller said {text:?} over the answer; it carried on")).await;
                         self.release(media);
                     } else {
@@ -1304,8 +1333,9 @@ mod tests {
 
     #[test]
     fn short_bursts_interrupt_only_on_evidence() {
+        // Confident, but acknowledgements or too few words.
         for words in ["Amen, none.", "Mm-hmm.", "Yeah.", "", "Thank you.", "Bins"] {
-            assert!(!short_burst_interrupts(words), "{words:?}");
+            assert!(!short_burst_interrupts(words, -0.2), "{words:?}");
         }
         for words in [
             "Stop.",
@@ -1314,8 +1344,33 @@ mod tests {
             "Can I speak to a person",
             "report a pothole",
         ] {
-            assert!(short_burst_interrupts(words), "{words:?}");
+            assert!(short_burst_interrupts(words, -0.2), "{words:?}");
         }
+    }
+
+    #[test]
+    fn mishearings_of_a_backchannel_do_not_interrupt() {
+        // What Whisper made of Piper's "Mm hmm." through G.711, with the
+        // scores it gave them: unsure guesses, or one word looped.
+        for (words, logprob) in [
+            ("And then known.", -0.8),
+            ("And remember,", -1.41),
+            ("And I'm not.", -0.79),
+            ("Meme Meme Meme", -0.78),
+            ("Amen, ma'am.", -0.61),
+            ("Memo.", -1.0),
+            ("Bye-huh.", -0.67),
+        ] {
+            assert!(!short_burst_interrupts(words, logprob), "{words:?}");
+        }
+        // A word that means stop counts however unsure Whisper was of it.
+        for words in ["Stop.", "No, no, no.", "Wait a second.", "Help"] {
+            assert!(short_burst_interrupts(words, -1.5), "{words:?}");
+        }
+        // A confident short request interrupts; the same words guessed do not.
+        assert!(short_burst_interrupts("Report a pothole.", -0.32));
+        assert!(short_burst_interrupts("Say that again.", -0.12));
+        assert!(!short_burst_interrupts("Report a pothole.", -1.3));
     }
 
     #[test]
