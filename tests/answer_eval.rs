@@ -156,6 +156,14 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "i need to renew my library books on suicide prevention for my nursing course",
         "when is the refuge collection on my street",
         "my dad has been taking money out of his savings to pay for the care home",
+        // After blind set 15: one farewell-like sign alone, dated fires, equipment.
+        "i wont be around after friday as im on holiday so can i pay the council tax early",
+        "i left a note for the bin men to take the extra bags",
+        "some lads set a car alight on the field last weekend and the burnt shell is still there",
+        "the old gas cooker has been disconnected can you collect it",
+        "we are clearing out my late mums bungalow and need the settee taken away",
+        "what time does the supermarket close tonight",
+        "my nan is ninety and lives on her own can she get a blue badge",
     ] {
         let c = engine.classify(text);
         assert_eq!(c.escalate.as_str(), "none", "{text}: {}", c.reason);
@@ -317,8 +325,60 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "the kids would be better off in care without me",
             "distress",
         ),
+        // After blind set 15 (new wording of its misses, not its sentences).
+        ("maybe it is better i finish my own life", "distress"),
+        ("ahm thinkin aboot walkin intae the sea", "distress"),
+        ("i keep wanting to step in front of a train", "distress"),
+        (
+            "ive written a letter for my son and i dont think ill be here after friday",
+            "distress",
+        ),
+        (
+            "i want the rent account settled for whoever has to clear my flat after tonight",
+            "distress",
+        ),
+        (
+            "close my library card i wont be around after this week ive got it all planned",
+            "distress",
+        ),
+        ("whats even the point of me anymore", "distress"),
+        ("i googled how many tablets would be enough", "distress"),
+        // Distress by the rule; the meaning may also read it as an emergency.
+        ("ive took a whole packet of me painkillers", "escalated"),
+        // Safeguarding by the rule; the meaning reads any frail old man as
+        // a possible emergency, which takes precedence.
+        (
+            "the old man next door looks skin and bone these days",
+            "escalated",
+        ),
+        (
+            "the lady next door is in her eighties and on her own and she seemed really confused",
+            "escalated",
+        ),
+        (
+            "my wife keep my passport and says she will have me deported",
+            "safeguarding",
+        ),
+        (
+            "a bloke came off his motorbike and hes lying there not moving",
+            "emergency",
+        ),
+        (
+            "kids have set the wheelie bins alight behind the flats",
+            "emergency",
+        ),
+        ("the shed next door is up in flames", "emergency"),
+        ("get me somebody from housing on the phone", "human_request"),
+        (
+            "i want the paperwork tidy for my son for after im gone",
+            "distress",
+        ),
     ] {
         let c = engine.classify(text);
-        assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
+        if expected == "escalated" {
+            assert!(c.escalate.is_escalation(), "{text}: {}", c.reason);
+        } else {
+            assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
+        }
     }
 }

@@ -17,9 +17,112 @@ const FILLERS: &[&str] = &[
     "ah", "ahh", "eh",
 ];
 
+/// Dialect spellings, and words with the final g dropped, written the way a
+/// caller says them (by a recogniser, or typed in a web chat): each is read
+/// as the standard word so that a rule written once matches. Only spellings
+/// that are not also other English words are listed ("ken", "ma", "wean"
+/// are left alone). Hand-written: no maintained crate maps British dialect
+/// spellings, and the list is short and owned by the council's team.
+const DIALECT: &[(&str, &str)] = &[
+    // Scots and Northern English
+    ("ahve", "ive"),
+    ("ahm", "im"),
+    ("ahll", "ill"),
+    ("ahd", "id"),
+    ("nae", "no"),
+    ("naebody", "nobody"),
+    ("naewhere", "nowhere"),
+    ("intae", "into"),
+    ("ontae", "onto"),
+    ("aboot", "about"),
+    ("oot", "out"),
+    ("jist", "just"),
+    ("hoose", "house"),
+    ("cannae", "cant"),
+    ("canna", "cant"),
+    ("dinnae", "dont"),
+    ("didnae", "didnt"),
+    ("disnae", "doesnt"),
+    ("wisnae", "wasnt"),
+    ("isnae", "isnt"),
+    ("couldnae", "couldnt"),
+    ("wouldnae", "wouldnt"),
+    ("widnae", "wouldnt"),
+    ("willnae", "wont"),
+    ("havenae", "havent"),
+    ("hasnae", "hasnt"),
+    ("gonnae", "gonna"),
+    ("masel", "myself"),
+    ("mysel", "myself"),
+    ("hersel", "herself"),
+    ("himsel", "himself"),
+    ("yersel", "yourself"),
+    ("heid", "head"),
+    ("doon", "down"),
+    ("roond", "round"),
+    ("frae", "from"),
+    ("tellt", "told"),
+    ("summat", "something"),
+    ("nowt", "nothing"),
+    ("owt", "anything"),
+    // Dropped g
+    ("thinkin", "thinking"),
+    ("walkin", "walking"),
+    ("goin", "going"),
+    ("doin", "doing"),
+    ("sayin", "saying"),
+    ("comin", "coming"),
+    ("tryin", "trying"),
+    ("feelin", "feeling"),
+    ("gettin", "getting"),
+    ("takin", "taking"),
+    ("livin", "living"),
+    ("sleepin", "sleeping"),
+    ("hurtin", "hurting"),
+    ("cryin", "crying"),
+    ("drinkin", "drinking"),
+    ("lookin", "looking"),
+    ("nothin", "nothing"),
+    ("somethin", "something"),
+    ("anythin", "anything"),
+    ("everythin", "everything"),
+    ("talkin", "talking"),
+    ("tellin", "telling"),
+    ("killin", "killing"),
+    ("dyin", "dying"),
+    ("jumpin", "jumping"),
+    ("leavin", "leaving"),
+    ("keepin", "keeping"),
+    ("beatin", "beating"),
+    ("hittin", "hitting"),
+    ("shoutin", "shouting"),
+    ("screamin", "screaming"),
+    ("movin", "moving"),
+    ("stayin", "staying"),
+    ("waitin", "waiting"),
+    ("havin", "having"),
+    ("makin", "making"),
+    ("givin", "giving"),
+    ("eatin", "eating"),
+    ("payin", "paying"),
+    ("workin", "working"),
+    ("burnin", "burning"),
+    ("smellin", "smelling"),
+    ("leakin", "leaking"),
+    ("breathin", "breathing"),
+    ("bleedin", "bleeding"),
+    ("cuttin", "cutting"),
+    ("watchin", "watching"),
+    ("checkin", "checking"),
+    ("followin", "following"),
+    ("threatenin", "threatening"),
+    ("stealin", "stealing"),
+];
+
 /// Canonical form: lower case, letters and digits only, apostrophes removed
 /// ("don't" → "dont"), everything else a single space, fillers dropped,
-/// "cannot"/"can not" → "cant". Bounded in time and size.
+/// "cannot"/"can not" → "cant", dialect spellings read as standard words
+/// ([`DIALECT`]). Bounded in time and size.
 pub fn normalise(raw: &str) -> String {
     let mut cleaned = String::with_capacity(raw.len().min(MAX_INPUT_CHARS));
     for ch in raw.chars().take(MAX_INPUT_CHARS) {
@@ -51,6 +154,10 @@ pub fn normalise(raw: &str) -> String {
         if !out.is_empty() {
             out.push(' ');
         }
+        let token = DIALECT
+            .iter()
+            .find(|(dialect, _)| *dialect == token)
+            .map_or(token, |(_, standard)| *standard);
         if token == "cannot" {
             out.push_str("cant");
         } else {
@@ -208,6 +315,20 @@ mod tests {
         );
         assert_eq!(normalise("I cannot go on"), "i cant go on");
         assert_eq!(normalise("I can not go on"), "i cant go on");
+    }
+
+    #[test]
+    fn dialect_spellings_read_as_standard_words() {
+        assert_eq!(
+            normalise("Ah've took the whole box, cannae dae this nae mair"),
+            "ive took the whole box cant dae this no mair"
+        );
+        assert_eq!(
+            normalise("I keep thinkin aboot just walkin intae the river"),
+            "i keep thinking about just walking into the river"
+        );
+        // Words that are also English words are left alone.
+        assert_eq!(normalise("Me ma said ken"), "me ma said ken");
     }
 
     #[test]
