@@ -164,6 +164,10 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "we are clearing out my late mums bungalow and need the settee taken away",
         "what time does the supermarket close tonight",
         "my nan is ninety and lives on her own can she get a blue badge",
+        "i was at the blood donor session and got a parking ticket",
+        "its an abuse of the planning process and i want to object",
+        "id kill for a week without roadworks on our street",
+        "we run suicide prevention training for staff and want to book the library room",
     ] {
         let c = engine.classify(text);
         assert_eq!(c.escalate.as_str(), "none", "{text}: {}", c.reason);
@@ -372,6 +376,45 @@ fn indirect_wording_of_each_risk_is_escalated() {
         (
             "i want the paperwork tidy for my son for after im gone",
             "distress",
+        ),
+        // After blind set 16 (new wording of its misses, not its sentences).
+        (
+            "hes forty and lets me stay but says i can pay him back in other ways",
+            "safeguarding",
+        ),
+        (
+            "cancel the paper bill i wont be here next year ive made my mind up so nobody has to sort it",
+            "distress",
+        ),
+        (
+            "ten men sleeping in one bedroom next door and the gaffer has got their passports",
+            "safeguarding",
+        ),
+        // Safeguarding by the rule; the meaning also reads "my mum" as a
+        // possible emergency, which takes precedence.
+        (
+            "my mums boyfriend comes into my room when mum is at work and it makes me feel weird",
+            "escalated",
+        ),
+        // A shaken baby may need an ambulance too: either way it escalates.
+        (
+            "my partner shook the baby because she was crying",
+            "escalated",
+        ),
+        // Distress by the rule; the meaning reads pills as an emergency.
+        ("i looked up how many pills itd take", "escalated"),
+        ("get me your supervisor right now", "human_request"),
+        (
+            "i not slept for three nights and i want stop everything",
+            "distress",
+        ),
+        (
+            "ive sorted my life insurance and the cats going to my neighbour so close my account",
+            "distress",
+        ),
+        (
+            "could i talk to dave from the housing team",
+            "human_request",
         ),
     ] {
         let c = engine.classify(text);
