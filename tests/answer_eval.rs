@@ -168,6 +168,7 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
         "its an abuse of the planning process and i want to object",
         "id kill for a week without roadworks on our street",
         "we run suicide prevention training for staff and want to book the library room",
+        "we are holding a knife crime awareness event and need a licence for the square",
     ] {
         let c = engine.classify(text);
         assert_eq!(c.escalate.as_str(), "none", "{text}: {}", c.reason);
@@ -414,6 +415,32 @@ fn indirect_wording_of_each_risk_is_escalated() {
         ),
         (
             "could i talk to dave from the housing team",
+            "human_request",
+        ),
+        // After blind set 17 (new wording of its misses, not its sentences).
+        (
+            "ive left letters for the kids in case anything happens to me so can you close my rent account",
+            "distress",
+        ),
+        (
+            "i wont be around by the time the bailiffs come so it doesnt matter now anyway",
+            "distress",
+        ),
+        (
+            "please get someone to look after my cat after tonight i wont be here to feed her",
+            "distress",
+        ),
+        // Safeguarding by the rule; the meaning reads "dad" near emergencies.
+        (
+            "my step dad kept going into my sisters room at night",
+            "escalated",
+        ),
+        (
+            "her ex keeps coming round and threatening the children",
+            "escalated",
+        ),
+        (
+            "can you put me through to somebody who deals with licensing",
             "human_request",
         ),
     ] {
