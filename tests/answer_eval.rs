@@ -175,6 +175,17 @@ fn figurative_idioms_and_dated_past_incidents_are_not_escalated() {
     }
 }
 
+/// `text` escalates to `expected`, or to any category when `expected` is
+/// "escalated" (where the rule's category and the meaning layer's may differ).
+fn assert_escalates(engine: &AnswerEngine, text: &str, expected: &str) {
+    let c = engine.classify(text);
+    if expected == "escalated" {
+        assert!(c.escalate.is_escalation(), "{text}: {}", c.reason);
+    } else {
+        assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
+    }
+}
+
 #[test]
 fn guards_never_hide_danger_that_is_happening_now() {
     let engine = engine();
@@ -223,12 +234,7 @@ fn guards_never_hide_danger_that_is_happening_now() {
             "distress",
         ),
     ] {
-        let c = engine.classify(text);
-        if expected == "escalated" {
-            assert!(c.escalate.is_escalation(), "{text}: {}", c.reason);
-        } else {
-            assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
-        }
+        assert_escalates(&engine, text, expected);
     }
 }
 
@@ -444,11 +450,6 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "human_request",
         ),
     ] {
-        let c = engine.classify(text);
-        if expected == "escalated" {
-            assert!(c.escalate.is_escalation(), "{text}: {}", c.reason);
-        } else {
-            assert_eq!(c.escalate.as_str(), expected, "{text}: {}", c.reason);
-        }
+        assert_escalates(&engine, text, expected);
     }
 }

@@ -17,13 +17,15 @@ const FILLERS: &[&str] = &[
     "ah", "ahh", "eh",
 ];
 
-/// Dialect spellings, and words with the final g dropped, written the way a
+/// One spelling for words written several ways: "cannot", dialect
+/// spellings, and words with the final g dropped, written the way a
 /// caller says them (by a recogniser, or typed in a web chat): each is read
 /// as the standard word so that a rule written once matches. Only spellings
 /// that are not also other English words are listed ("ken", "ma", "wean"
 /// are left alone). Hand-written: no maintained crate maps British dialect
 /// spellings, and the list is short and owned by the council's team.
 const DIALECT: &[(&str, &str)] = &[
+    ("cannot", "cant"),
     // Scots and Northern English
     ("ahve", "ive"),
     ("ahm", "im"),
@@ -154,15 +156,12 @@ pub fn normalise(raw: &str) -> String {
         if !out.is_empty() {
             out.push(' ');
         }
-        let token = DIALECT
-            .iter()
-            .find(|(dialect, _)| *dialect == token)
-            .map_or(token, |(_, standard)| *standard);
-        if token == "cannot" {
-            out.push_str("cant");
-        } else {
-            out.push_str(token);
-        }
+        out.push_str(
+            DIALECT
+                .iter()
+                .find(|(spelling, _)| *spelling == token)
+                .map_or(token, |(_, standard)| *standard),
+        );
         previous_was_can = token == "can";
     }
     out
