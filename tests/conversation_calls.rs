@@ -116,14 +116,14 @@ fn spoken_question_gets_the_right_spoken_answer() {
             let t = t.1.to_lowercase();
             t.contains("bin") || t.contains("collection")
         }),
-        "caller's question not recognised: {turns:#?}\n{}",
+        "caller's question not recognised: {turns:?}\n{}",
         engine.log()
     );
     assert!(
         turns
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("bin_day")),
-        "no bin_day answer: {turns:#?}"
+        "no bin_day answer: {turns:?}"
     );
 
     // Words showed live before the turn ended: the engine logs how many
@@ -207,19 +207,23 @@ fn caller_talking_over_the_greeting_stops_it_and_is_answered() {
         "Frontdoor kept talking {stop_ms} ms over the caller"
     );
 
-    // The interrupting words were recognised and answered.
+    // The interrupting words were recognised from their onset to their end
+    // and answered. Not the word "pothole" itself: on a loaded machine
+    // Whisper has heard it as "pahole" and "pot hole" (and the answer engine
+    // still answered on highways, which is checked next).
     let turns = turns(&engine);
     assert!(
-        turns
-            .iter()
-            .any(|t| t.0 == "caller" && t.1.to_lowercase().contains("pothole")),
-        "the caller's words after the barge-in were not recognised: {turns:#?}"
+        turns.iter().any(|t| {
+            let words = t.1.to_lowercase();
+            t.0 == "caller" && words.contains("want") && words.contains("road")
+        }),
+        "the caller's words after the barge-in were not recognised: {turns:?}"
     );
     assert!(
         turns
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("highways")),
-        "no highways answer: {turns:#?}"
+        "no highways answer: {turns:?}"
     );
     engine.stop();
 }
@@ -361,12 +365,12 @@ fn backchannels_a_cough_and_a_click_do_not_stop_the_answer() {
         turns
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("bin_day")),
-        "no bin_day answer: {turns:#?}"
+        "no bin_day answer: {turns:?}"
     );
     let actions = audit_actions(&engine);
     assert!(
         !actions.iter().any(|a| a == "barge_in"),
-        "the answer was cut by a backchannel, cough or click: {actions:?}\n{turns:#?}"
+        "the answer was cut by a backchannel, cough or click: {actions:?}\n{turns:?}"
     );
     // The sounds were heard (the answer was held) and it carried on after them.
     assert!(
@@ -437,13 +441,13 @@ fn frontdoors_own_echo_does_not_interrupt_it() {
         turns
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("bin_day")),
-        "the question after the echo was not answered: {turns:#?}"
+        "the question after the echo was not answered: {turns:?}"
     );
     assert!(
         !turns
             .iter()
             .any(|t| t.0 == "caller" && t.1.to_lowercase().contains("council")),
-        "the echo was taken for the caller's words: {turns:#?}"
+        "the echo was taken for the caller's words: {turns:?}"
     );
     engine.stop();
 }
@@ -618,7 +622,7 @@ fn caller_hanging_up_mid_answer_tears_down_cleanly() {
         turns
             .iter()
             .any(|t| t.0 == "assistant" && t.2.as_deref() == Some("bin_day")),
-        "the call was not mid-answer when it ended: {turns:#?}"
+        "the call was not mid-answer when it ended: {turns:?}"
     );
     engine.assert_alive("after the caller hung up mid-answer");
     // A second call on the same engine still works: nothing was left stuck.
@@ -665,12 +669,12 @@ fn a_caller_who_pauses_mid_request_is_answered_on_the_whole_request() {
     assert_eq!(
         caller.len(),
         1,
-        "the pause split the request: {turns:#?}\n{}",
+        "the pause split the request: {turns:?}\n{}",
         engine.log()
     );
     assert!(
         caller[0].1.to_lowercase().contains("bin"),
-        "the whole request was not recognised: {turns:#?}"
+        "the whole request was not recognised: {turns:?}"
     );
     // The greeting, then one answer: the one to the whole request.
     let answers: Vec<_> = turns
@@ -680,7 +684,7 @@ fn a_caller_who_pauses_mid_request_is_answered_on_the_whole_request() {
         .collect();
     assert!(
         answers.len() == 1 && answers[0].2.as_deref() == Some("bin_day"),
-        "an answer to the words before the pause was spoken: {turns:#?}\n{}",
+        "an answer to the words before the pause was spoken: {turns:?}\n{}",
         engine.log()
     );
     engine.stop();

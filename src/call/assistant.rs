@@ -418,25 +418,49 @@ const MIN_BURST_LOGPROB: f32 = -1.0;
 const FUNCTION_WORDS: &[&str] = &[
     "a", "an", "the", "and", "then", "but", "or", "so", "if", "of", "to", "in", "on", "at", "for",
     "with", "is", "was", "are", "am", "be", "it's", "that", "that's", "this", "there", "i'm",
-    "i've", "i'll", "me", "my", "we", "he", "she", "they", "not", "just", "well", "now", "know",
-    "all", "do", "did",
+    "i've", "i'll", "me", "my", "we", "he", "she", "they", "not", "no", "just", "well", "now",
+    "know", "all", "do", "did",
 ];
+
+/// Words a caller may put before "no" without changing what it means
+/// ("oh, no, not that one", "er, no, wait").
+const LEAD_IN_WORDS: &[&str] = &["actually", "please", "er", "erm", "just", "oh", "um", "uh"];
 
 /// Whether the words of a short burst over Frontdoor ask it to stop. Whisper
 /// is least reliable on exactly these bursts (Piper's "mm hmm" came back as
-/// "Amen, none.", "And then known.", "And I'm not." and "Meme Meme Meme"),
-/// so a burst interrupts only on evidence: a word that means stop (whatever
-/// the confidence: a missed "stop" is worse than a misheard one), or a
-/// confident request of three or more words, two of them different words
-/// with meaning. A burst the answer engine recognises as a request or a
-/// risk is caught by the caller, whatever the confidence.
+/// "Amen, none.", "Amen, no.", "No, no, no.", "And then known.", "And I'm
+/// not." and "Meme Meme Meme"), so a burst interrupts only on evidence:
+///
+/// - a word that means stop, whatever the confidence (a missed "stop" is
+///   worse than a misheard one). "No" is what Whisper most often makes of a
+///   hum, and a bare "no" over an answer asks nothing of it, so "no" counts
+///   only where a caller puts it, first (after "oh", "er"...), and with a
+///   word of its own ("no, not that", "no, wait"): not after a guess
+///   ("Amen, no."), not repeated on its own ("No, no, no.");
+/// - a confident request of three or more words, two of them different
+///   words with meaning.
+///
+/// A burst the answer engine recognises as a request or a risk is caught by
+/// the caller, whatever the confidence.
 pub fn short_burst_interrupts(text: &str, mean_logprob: f32) -> bool {
     let words = words_of(text);
     if words
         .iter()
-        .any(|w| INTERRUPTING_WORDS.contains(&w.as_str()))
+        .any(|w| w != "no" && INTERRUPTING_WORDS.contains(&w.as_str()))
     {
         return true;
+    }
+    if let Some(no) = words.iter().position(|w| w == "no") {
+        let led = words[..no].iter().all(|w| {
+            let w = w.as_str();
+            LEAD_IN_WORDS.contains(&w) || BACKCHANNEL_WORDS.contains(&w)
+        });
+        let more = words[no..]
+            .iter()
+            .any(|w| w != "no" && !BACKCHANNEL_WORDS.contains(&w.as_str()));
+        if led && more {
+            return true;
+        }
     }
     if mean_logprob < MIN_BURST_LOGPROB || words.len() < 3 {
         return false;
@@ -1363,9 +1387,27 @@ mod tests {
         ] {
             assert!(!short_burst_interrupts(words, logprob), "{words:?}");
         }
-        // A word that means stop counts however unsure Whisper was of it.
-        for words in ["Stop.", "No, no, no.", "Wait a second.", "Help"] {
+        // A word that means stop counts however unsure Whisper was of it,
+        // where a caller would put it.
+        for words in [
+            "Stop.",
+            "Wait a second.",
+            "Help",
+            "Oh, hang on.",
+            "Sorry, what?",
+            "Please stop.",
+            "Memo, stop.",
+            "No, not that.",
+            "Er, no, the other one.",
+            "No, wait.",
+            "Actually, hold on.",
+        ] {
             assert!(short_burst_interrupts(words, -1.5), "{words:?}");
+        }
+        // Heard on CI (Piper's "Mm hmm." over an answer) and in the cuts
+        // measured here: a stop word after a guess, or "no" and nothing else.
+        for words in ["Amen, no.", "No, no, no.", "No.", "Oh no.", "Amen, no, no."] {
+            assert!(!short_burst_interrupts(words, -0.67), "{words:?}");
         }
         // A confident short request interrupts; the same words guessed do not.
         assert!(short_burst_interrupts("Report a pothole.", -0.32));
