@@ -233,9 +233,13 @@ fn every_reason_names_the_nearest_example_and_its_similarity() {
 /// ordinary list is deliberately alarming wording: 14 % of it fires when
 /// held out, against 1.3 % of the ordinary sentences in the regression
 /// sets), so the floors are below the product targets; they catch an edit
-/// that makes the examples or thresholds generalise worse. Figures with the
-/// session-4 examples and thresholds: distress 0.887, safeguarding 0.949,
-/// emergency 0.942, ordinary fired 0.152.
+/// that makes the examples or thresholds generalise worse. Folds are by a
+/// hash of each example's words, so an added example moves no other; when
+/// folds were by position (until session 9), the same examples and
+/// thresholds measured distress 0.877, safeguarding 0.923, ordinary fired
+/// 0.15, and every added example reshuffled them all. By hash (session 9):
+/// distress 0.851 (166/195), safeguarding 0.913 (167/183), emergency 0.942
+/// (145/154), ordinary fired 0.147 (107/727).
 #[test]
 fn thresholds_hold_under_cross_validation_on_the_governance_examples() {
     let Some(engine) = engine() else { return };
@@ -245,9 +249,9 @@ fn thresholds_hold_under_cross_validation_on_the_governance_examples() {
     let figures = scorer.cross_validate(5);
     println!("{figures:?}");
     for (category, floor) in [
-        (Escalation::Distress, 0.87),
-        (Escalation::Safeguarding, 0.92),
-        (Escalation::Emergency, 0.90),
+        (Escalation::Distress, 0.84),
+        (Escalation::Safeguarding, 0.90),
+        (Escalation::Emergency, 0.93),
     ] {
         let recall = figures.recall(category).unwrap_or_default();
         assert!(

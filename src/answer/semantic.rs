@@ -805,59 +805,81 @@ impl SemanticScorer {
     }
 
     /// `folds`-fold cross-validation of the risk categories on the examples
-    /// themselves: example `i` of every list falls in fold `i % folds`; each
-    /// fold is judged, with the configured thresholds, against the examples
-    /// of the other folds only. This is how the thresholds were chosen, and
+    /// themselves: each example falls in the fold its own words hash to (so
+    /// adding or moving an example moves no other between folds, and the
+    /// figures change only by what was edited); each fold is judged, with
+    /// the configured thresholds, against the examples of the other folds
+    /// only. This is how the thresholds were chosen, and
     /// it needs no test sentences. Uses the vectors embedded at load, so it
     /// costs only dot products (well under a second for a thousand examples).
     pub fn cross_validate(&self, folds: usize) -> CrossValidation {
         let folds = folds.max(2);
         let k = self.neighbours;
         let dimension = self.embedder.dimension();
+        let fold_of = |set: &PrototypeSet| -> Vec<usize> {
+            set.phrases
+                .iter()
+                .map(|p| fold_of_phrase(p, folds))
+                .collect()
+        };
+        let ordinary_folds = fold_of(&self.ordinary);
+        let category_folds: Vec<Vec<usize>> = self
+            .categories
+            .iter()
+            .map(|c| fold_of(&c.examples))
+            .collect();
         let human_request = self
             .categories
             .iter()
-            .find(|c| c.category == Escalation::HumanRequest);
+            .zip(&category_folds)
+            .find(|(c, _)| c.category == Escalation::HumanRequest);
         // Whether any risk category fires on `query`, with fold `fold` held out.
         let escalates = |query: &[f32], fold: usize| {
-            let out_of_fold = |index: usize| index % folds == fold;
-            let ordinary = self.ordinary.closest_except(query, k, out_of_fold).mean();
-            let human = human_request.map_or(f32::MIN, |c| {
-                c.examples.closest_except(query, k, out_of_fold).mean()
+            let ordinary = self
+                .ordinary
+                .closest_except(query, k, |i| ordinary_folds[i] == fold)
+                .mean();
+            let human = human_request.map_or(f32::MIN, |(c, c_folds)| {
+                c.examples
+                    .closest_except(query, k, |i| c_folds[i] == fold)
+                    .mean()
             });
             let competitor = ordinary.max(human);
             self.categories
                 .iter()
-                .filter(|c| c.category.is_risk())
-                .any(|c| {
-                    let closest = c.examples.closest_except(query, k, out_of_fold);
+                .zip(&category_folds)
+                .filter(|(c, _)| c.category.is_risk())
+                .any(|(c, c_folds)| {
+                    let closest = c.examples.closest_except(query, k, |i| c_folds[i] == fold);
                     closest
                         .best()
                         .is_some_and(|(_, nearest)| c.fires(nearest, closest.mean(), competitor))
                 })
         };
         let mut categories = Vec::new();
-        for c in self.categories.iter().filter(|c| c.category.is_risk()) {
+        for (c, c_folds) in self
+            .categories
+            .iter()
+            .zip(&category_folds)
+            .filter(|(c, _)| c.category.is_risk())
+        {
             let (mut total, mut fired) = (0, 0);
-            for index in 0..c.examples.phrases.len() {
+            for (index, &fold) in c_folds.iter().enumerate() {
                 if c.examples.word_count(index) < MIN_WORDS {
                     continue;
                 }
                 total += 1;
-                fired += usize::from(escalates(c.examples.row(index, dimension), index % folds));
+                fired += usize::from(escalates(c.examples.row(index, dimension), fold));
             }
             categories.push((c.category, total, fired));
         }
         let (mut total, mut fired) = (0, 0);
-        for index in 0..self.ordinary.phrases.len() {
+        for (index, &fold) in ordinary_folds.iter().enumerate() {
             if self.ordinary.word_count(index) < MIN_WORDS {
                 continue;
             }
             total += 1;
-            fired += usize::from(escalates(
-                self.ordinary.row(index, dimension),
-                index % folds,
-            ));
+            fired += usize::from(escalates(self.ordinary.row(index, dimension), fold));
         }
         CrossValidation {
             categories,
@@ -869,6 +891,19 @@ impl SemanticScorer {
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
         self.embedder.embed(text)
     }
+}
+
+/// The cross-validation fold of an example: FNV-1a over its normalised
+/// words. Hand-written (eight lines) because the standard library's hasher
+/// is not promised to stay the same between Rust releases, and the folds
+/// must.
+fn fold_of_phrase(phrase: &str, folds: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in normalise(phrase).bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % folds.max(1) as u64) as usize
 }
 
 /// Dot product in eight independent lanes: a plain `.sum()` over f32 must
