@@ -449,7 +449,85 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "can you put me through to somebody who deals with licensing",
             "human_request",
         ),
+        // After blind set 18 (new wording of its misses, not its sentences;
+        // "escalated" where the meaning layer's emergency reading outranks
+        // the rule's category).
+        (
+            "some nights i just want to steer the car into a tree on the way home",
+            "escalated",
+        ),
+        (
+            "cancel my library card please i wont be here by march ive decided",
+            "distress",
+        ),
+        (
+            "tell my social worker im sorry and thank her for everything its not her fault what happens",
+            "distress",
+        ),
+        (
+            "my boyfriend takes all my benefits off me as soon as they come in",
+            "safeguarding",
+        ),
+        (
+            "my husband wont let me go anywhere without him and i need a blue badge",
+            "safeguarding",
+        ),
+        (
+            "i want to apply for council tax support without my partner finding out because i have to ask him for money for food",
+            "safeguarding",
+        ),
+        (
+            "im frightened of what he might do if he sees a letter from you",
+            "escalated",
+        ),
+        (
+            "my niece is fourteen and keeps getting into cars with older lads after school",
+            "safeguarding",
+        ),
+        (
+            "the little ones upstairs get shouted at and smacked all the time",
+            "escalated",
+        ),
+        // Caught only by meaning until the ordinary examples from blinds 14
+        // and 17 went in; rules now.
+        (
+            "they are marrying my niece off in the summer she is fifteen",
+            "safeguarding",
+        ),
+        (
+            "its an arranged marriage for my sister she doesnt want to but our parents have decided",
+            "escalated",
+        ),
+        (
+            "my gran is frightened to come out of her room since my uncle moved back in",
+            "escalated",
+        ),
+        (
+            "my dad padlocks the cupboards and i only get food at school",
+            "escalated",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
+    }
+}
+
+/// Ordinary twins of blind set 18's new rules and examples: the same words
+/// in calls that carry no risk.
+#[test]
+fn ordinary_twins_of_the_blind18_rules_are_not_escalated() {
+    let engine = engine();
+    for text in [
+        "whats the point booking a bulky collection if you charge that much",
+        "i put the bins out the night before like always and they missed them",
+        "my son keeps coming home from school with new friends who want to join the library",
+        "my partner deals with the council tax so please dont send anything to the old address send it to the new one",
+        "we are moving in september so i wont be here by then can i pay the last bill early",
+        "someone dumped a trailer load of rubble down the alley at the back",
+        "the chemist never delivered my nans tablets who should i ring",
+        "do you have any books for children about a grandparent dying",
+        "i want to object to the extension next door it will kill the light in my kitchen",
+        "we booked the wedding venue for june can i give notice of marriage now",
+    ] {
+        assert_escalates(&engine, text, "none");
     }
 }
