@@ -506,6 +506,23 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "my dad padlocks the cupboards and i only get food at school",
             "escalated",
         ),
+        // After blind set 19 (new wording of its misses, not its sentences).
+        (
+            "please close my rent account i wont be around any more ive left a letter for my brother",
+            "distress",
+        ),
+        (
+            "my husband never lets me have money of my own he gives me ten pound a week",
+            "safeguarding",
+        ),
+        (
+            "im a teaching assistant and a girl in my class told me something about her stepdad that really worried me",
+            "escalated",
+        ),
+        (
+            "on the motorway i keep thinking about just letting go of the wheel",
+            "escalated",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -527,6 +544,9 @@ fn ordinary_twins_of_the_blind18_rules_are_not_escalated() {
         "do you have any books for children about a grandparent dying",
         "i want to object to the extension next door it will kill the light in my kitchen",
         "we booked the wedding venue for june can i give notice of marriage now",
+        "the bin men missed us again i could kill them honestly",
+        "i wont be here any more after friday i am moving to my new flat in leeds",
+        "my son checks the receipts for my shopping because i get muddled now can i get help with meals",
     ] {
         assert_escalates(&engine, text, "none");
     }
