@@ -147,13 +147,23 @@ impl CompiledMatcher {
 
     /// Every different wording the matcher finds, so that separate weak
     /// signals ("had enough" and "pills") add up.
+    /// The rule's matches that are separate pieces of evidence: the same
+    /// words matched twice, or by two patterns over overlapping spans ("ive
+    /// had enough" and "had enough"; "wont be here any more" inside "wont be
+    /// here any more after friday"), count once, so a two-sign rule needs
+    /// two different things said.
     fn find_distinct(&self, text: &str) -> Vec<String> {
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
         let mut found: Vec<String> = Vec::new();
         for re in &self.regexes {
             for m in re.find_iter(text) {
-                let hit = m.as_str();
-                if !found.iter().any(|f| f == hit) && found.len() < 8 {
-                    found.push(hit.to_string());
+                let span = m.range();
+                let overlaps = spans
+                    .iter()
+                    .any(|s| s.start < span.end && span.start < s.end);
+                if !overlaps && found.len() < 8 {
+                    found.push(m.as_str().to_string());
+                    spans.push(span);
                 }
             }
         }
@@ -825,6 +835,23 @@ id = "harmless.past_incident"
 patterns = ['\bgas\s+leak\s+last\s+(month|year)\b']
 unless = ['\b(again|its\s+back|right\s+now)\b']
 "#;
+
+    #[test]
+    fn overlapping_matches_of_a_two_sign_rule_count_once() {
+        let governance = governance_with(
+            r#"
+[[rule]]
+id = "distress.weak"
+category = "distress"
+weight = 0.5
+phrases = ["had enough", "ive had enough", "cant sleep"]
+"#,
+        );
+        let one = governance.assess("ive had enough of these bins");
+        assert_eq!(one.escalation, Escalation::None, "{}", one.reason);
+        let two = governance.assess("ive had enough and i cant sleep");
+        assert_eq!(two.escalation, Escalation::Distress, "{}", two.reason);
+    }
 
     #[test]
     fn a_guard_masks_a_past_incident() {
