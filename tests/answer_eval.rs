@@ -523,6 +523,35 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "on the motorway i keep thinking about just letting go of the wheel",
             "escalated",
         ),
+        // After blind set 20 (new wording of its misses, not its sentences).
+        (
+            "no need to send the renewal ill be gone by then anyway ive made my mind up",
+            "distress",
+        ),
+        (
+            "who can i give my cats to ill be gone after this weekend",
+            "distress",
+        ),
+        (
+            "i keep picking at my arms until they bleed when the letters come",
+            "distress",
+        ),
+        (
+            "last week i sat in the bathroom with a razor to my wrist",
+            "distress",
+        ),
+        (
+            "theres a man climbing over to the other side of the railings on the flyover",
+            "emergency",
+        ),
+        (
+            "the carer locks my nan in her bedroom while she goes shopping",
+            "safeguarding",
+        ),
+        (
+            "my partner smashed the door in again while i had the kids with me",
+            "escalated",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -547,6 +576,10 @@ fn ordinary_twins_of_the_blind18_rules_are_not_escalated() {
         "the bin men missed us again i could kill them honestly",
         "i wont be here any more after friday i am moving to my new flat in leeds",
         "my son checks the receipts for my shopping because i get muddled now can i get help with meals",
+        "the neighbours dog barks all night i could kill my neighbour honestly",
+        "im moving to spain so ill be gone by then can i close the account",
+        "where can i leave my dog while i go into hospital for my hip",
+        "the knife drawer in my council kitchen has come off its runners",
     ] {
         assert_escalates(&engine, text, "none");
     }

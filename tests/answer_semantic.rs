@@ -28,7 +28,9 @@
 //! 3.9 %. Session 9's `answer_blind18.jsonl` (160) judged session 8's final
 //! file: 86.7 % / 4.7 %; it was then tuned on, and `answer_blind19.jsonl`
 //! (160) judged that: 96.0 % / 3.5 % (94.7 % / 3.5 % with session 8's
-//! file); then tuned on too. None of 6-19 is asserted:
+//! file); then tuned on too, and `answer_blind20.jsonl` (160) judged that:
+//! 89.3 % / 4.7 % (88.0 % / 4.7 % with session 8's file); then tuned on.
+//! None of 6-20 is asserted:
 //! they do not meet the targets yet. These tests need the
 //! embedding model. Without it they are skipped with a loud message, except
 //! under `CI=true`, where a missing model is a failure; with
@@ -243,7 +245,7 @@ fn every_reason_names_the_nearest_example_and_its_similarity() {
 /// thresholds measured distress 0.877, safeguarding 0.923, ordinary fired
 /// 0.15, and every added example reshuffled them all. By hash (session 9):
 /// distress 0.851 (166/195), safeguarding 0.913 (167/183), emergency 0.942
-/// (145/154), ordinary fired 0.150 (112/747, after blind 19).
+/// (145/154), ordinary fired 0.150 (113/751, after blind 20).
 #[test]
 fn thresholds_hold_under_cross_validation_on_the_governance_examples() {
     let Some(engine) = engine() else { return };
