@@ -557,10 +557,10 @@ fn indirect_wording_of_each_risk_is_escalated() {
     }
 }
 
-/// Ordinary twins of blind set 18's new rules and examples: the same words
-/// in calls that carry no risk.
+/// Ordinary twins of the rules, guards and examples added after blind sets
+/// 18-20: the same words in calls that carry no risk.
 #[test]
-fn ordinary_twins_of_the_blind18_rules_are_not_escalated() {
+fn ordinary_twins_of_the_blind18_to_20_rules_are_not_escalated() {
     let engine = engine();
     for text in [
         "whats the point booking a bulky collection if you charge that much",
