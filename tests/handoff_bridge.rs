@@ -99,12 +99,22 @@ async fn distressed_caller_is_bridged_to_a_registered_agent_with_audio_both_ways
     // The phones' own recordings of what they heard.
     let agent_heard = agent.heard_wav().expect("agent's sndfile dump");
     let (rate, heard) = read_wav_channel(&agent_heard, 0);
-    let (corr, _) = envelope_match(&caller_speech, 8000, &heard, rate);
-    assert!(corr > 0.7, "the agent's phone heard the caller: {corr}");
+    // On failure the best offset and the recording's length tell clipped
+    // speech (the bridge up late) from damaged audio (packets late or lost).
+    let (corr, offset) = envelope_match(&caller_speech, 8000, &heard, rate);
+    assert!(
+        corr > 0.7,
+        "the agent's phone heard the caller: {corr} (best at {offset} ms into a {} ms recording; the caller's speech is {speech_ms} ms)",
+        heard.len() as u64 * 1000 / u64::from(rate.max(1))
+    );
     let caller_heard = caller.heard_wav().expect("caller's sndfile dump");
     let (rate, heard) = read_wav_channel(&caller_heard, 0);
-    let (corr, _) = envelope_match(&agent_speech, 8000, &heard, rate);
-    assert!(corr > 0.7, "the caller's phone heard the agent: {corr}");
+    let (corr, offset) = envelope_match(&agent_speech, 8000, &heard, rate);
+    assert!(
+        corr > 0.7,
+        "the caller's phone heard the agent: {corr} (best at {offset} ms into a {} ms recording; the agent's speech is {agent_ms} ms)",
+        heard.len() as u64 * 1000 / u64::from(rate.max(1))
+    );
 
     let audit = board.audit(&id).await;
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
