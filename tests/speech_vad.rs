@@ -7,6 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use frontdoor::call::listener::{Listener, ListenerEvent};
 use frontdoor::speech::{
     BargeInConfig, BargeInDetector, EndpointConfig, EndpointDetector, EndpointEvent, SileroVad,
     SileroVadModel, VadWindow,
@@ -156,4 +157,89 @@ fn calls_keep_separate_state_on_a_shared_model() {
     for (a, b) in alone.iter().zip(&interleaved) {
         assert!((a.probability - b.probability).abs() < 1e-5);
     }
+}
+
+/// Feeds audio to a call's listener at a pace its input queue keeps up with.
+fn feed(listener: &mut Listener, audio: &[i16]) {
+    for chunk in audio.chunks(FRAME) {
+        let mut frame = [0i16; FRAME];
+        frame[..chunk.len()].copy_from_slice(chunk);
+        listener.hear(&frame, 0);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The next short burst the listener reports, skipping the pause before it.
+fn next_short_burst(listener: &mut Listener) -> u32 {
+    loop {
+        match listener.events.blocking_recv().expect("listener alive") {
+            ListenerEvent::ShortBurst { burst, .. } => return burst,
+            ListenerEvent::Pause { .. } | ListenerEvent::SpeechStarted { .. } => {}
+            ListenerEvent::TurnPausing { .. } | ListenerEvent::TurnInProgress { .. } => {}
+            other => panic!("expected a short burst, got {other:?}"),
+        }
+    }
+}
+
+fn next_verdict(listener: &mut Listener) -> (u32, bool) {
+    loop {
+        match listener.events.blocking_recv().expect("listener alive") {
+            ListenerEvent::VerdictTaken { burst, accepted } => return (burst, accepted),
+            ListenerEvent::ShortBurst { .. } => panic!("a second burst before the verdict"),
+            _ => {}
+        }
+    }
+}
+
+/// A short burst of real speech over Frontdoor (400 ms from the onset of
+/// speech in the fixture), and a second of speech to go on with.
+fn short_burst(model: &Arc<SileroVadModel>) -> (Vec<i16>, Vec<i16>) {
+    let speech = speech_8k();
+    let onset = windows(model, &speech)
+        .iter()
+        .find(|w| w.probability > 0.8)
+        .map(|w| w.start)
+        .expect("speech in the fixture");
+    let from = (onset.as_millis() as usize) * 8;
+    let burst = speech[from..from + 3_200].to_vec();
+    // The caller going on: the same speech again, longer.
+    let more = speech[from..from + 8_000].to_vec();
+    (burst, more)
+}
+
+/// The pipeline acts on a short burst's verdict only once the listener has
+/// taken it. A caller who goes on talking after the burst makes the verdict
+/// stale: the listener refuses it, so Frontdoor neither resumes over them
+/// (a backchannel verdict) nor answers the first words of their turn.
+#[test]
+fn a_verdict_on_a_burst_the_caller_talked_past_is_refused() {
+    let Some(model) = model() else { return };
+    let (burst_audio, rest) = short_burst(&model);
+    let spawn = || {
+        let mut listener = Listener::spawn(
+            Arc::clone(&model),
+            EndpointConfig::default(),
+            BargeInConfig::default(),
+            "verdict-test",
+        )
+        .expect("listener thread");
+        listener.bot_speaking(true);
+        feed(&mut listener, &[0i16; 8_000]);
+        feed(&mut listener, &burst_audio);
+        feed(&mut listener, &[0i16; 3_200]);
+        listener
+    };
+
+    // Verdict straight after the burst: taken.
+    let mut listener = spawn();
+    let burst = next_short_burst(&mut listener);
+    listener.verdict(burst, true);
+    assert_eq!(next_verdict(&mut listener), (burst, true));
+
+    // The caller went on before the verdict came: refused.
+    let mut listener = spawn();
+    let burst = next_short_burst(&mut listener);
+    feed(&mut listener, &rest);
+    listener.verdict(burst, true);
+    assert_eq!(next_verdict(&mut listener), (burst, false));
 }

@@ -296,9 +296,27 @@ struct Hold {
     /// A cough the listener never resolves (audio stopped arriving) must not
     /// silence Frontdoor for good.
     deadline: Instant,
-    /// Recognition of a short burst's words (burst, its end), to tell a
+    /// The words of the latest short burst over the answer, to tell a
     /// backchannel from a short request.
-    verdict: Option<(u32, Duration, AsrFuture)>,
+    verdict: Option<BurstVerdict>,
+}
+
+/// A short burst's words, from recognition to the listener's word on
+/// whether the verdict still stands.
+enum BurstVerdict {
+    /// Being recognised (the burst, where it ended).
+    Recognising(u32, Duration, AsrFuture),
+    /// Recognised and judged; sent to the listener, which accepts it only if
+    /// the caller has not spoken again since the burst. Until it does,
+    /// nothing is done: a caller who went on talking is neither talked over
+    /// (a stale backchannel) nor answered on the first words of their turn
+    /// (a stale request).
+    Judged {
+        burst: u32,
+        end: Duration,
+        text: String,
+        backchannel: bool,
+    },
 }
 
 /// Recognition of a turn's audio started at a pause inside it.
@@ -711,9 +729,37 @@ impl Pipeline<'_> {
                             Some(hold) if hold.onset == onset => {
                                 let asr = self.services.asr.clone();
                                 let utterance = Utterance::from_telephony_i16(&audio);
-                                hold.verdict = Some((burst, end, Box::pin(async move { asr.submit(utterance).await })));
+                                hold.verdict = Some(BurstVerdict::Recognising(burst, end, Box::pin(async move { asr.submit(utterance).await })));
                             }
                             _ => self.listener.verdict(burst, true),
+                        }
+                    }
+                    Some(ListenerEvent::VerdictTaken { burst, accepted }) => {
+                        let judged = match self.hold.as_mut().map(|h| h.verdict.take()) {
+                            Some(Some(BurstVerdict::Judged { burst: b, end, text, backchannel })) if b == burst => {
+                                Some((end, text, backchannel))
+                            }
+                            Some(other) => {
+                                // Not the verdict awaited (a newer burst is being
+                                // recognised, or none was sent from here).
+                                if let Some(hold) = self.hold.as_mut() {
+                                    hold.verdict = other;
+                                }
+                                None
+                            }
+                            None => None,
+                        };
+                        match judged {
+                            Some((end, text, backchannel)) if accepted => {
+                                self.burst_decided(media, log, end, &text, backchannel).await;
+                            }
+                            Some((_, text, _)) => {
+                                // The caller went on talking after the burst:
+                                // the audio stays held, and the listener will
+                                // call the whole of it a barge-in or a new burst.
+                                info!(words = %log.redact(&text), "caller went on after a short burst; its verdict dropped");
+                            }
+                            None => {}
                         }
                     }
                     Some(ListenerEvent::BargeIn { onset }) => self.barge_in(media, log, onset).await,
@@ -905,28 +951,23 @@ impl Pipeline<'_> {
                 }
                 result = async {
                     match self.hold.as_mut().and_then(|h| h.verdict.as_mut()) {
-                        Some((_, _, asr)) => asr.await,
-                        None => unreachable!("guarded"),
+                        Some(BurstVerdict::Recognising(_, _, asr)) => asr.await,
+                        _ => unreachable!("guarded"),
                     }
-                }, if self.hold.as_ref().is_some_and(|h| h.verdict.is_some()) => {
-                    let Some((burst, end, _)) = self.hold.as_mut().and_then(|h| h.verdict.take()) else { continue };
+                }, if matches!(self.hold.as_ref().and_then(|h| h.verdict.as_ref()), Some(BurstVerdict::Recognising(..))) => {
+                    let Some(Some(BurstVerdict::Recognising(burst, end, _))) = self.hold.as_mut().map(|h| h.verdict.take()) else { continue };
                     // A recogniser that failed or was busy cannot justify cutting the answer.
                     let (text, mean_logprob) = result
                         .map(|t| (t.text.trim().to_string(), t.mean_logprob))
                         .unwrap_or_default();
                     let backchannel = !short_burst_interrupts(&text, mean_logprob)
                         && !self.is_complete_request(&text);
+                    debug!(words = %log.redact(&text), mean_logprob, backchannel, "short burst recognised");
+                    // Acted on once the listener confirms the caller has not
+                    // spoken since (ListenerEvent::VerdictTaken).
                     self.listener.verdict(burst, backchannel);
-                    if backchannel {
-                        info!(words = %log.redact(&text), mean_logprob, "backchannel over the answer; carrying on");
-                        log.audit("backchannel", format!("caller said {text:?} over the answer; it carried on")).await;
-                        self.release(media);
-                    } else {
-                        let onset = self.hold.as_ref().map_or(Duration::ZERO, |h| h.onset);
-                        self.barge_in(media, log, onset).await;
-                        self.answered_burst_end = Some(end);
-                        log.turn("caller", &text, None).await;
-                        self.handle_text(media, log, &text).await;
+                    if let Some(hold) = self.hold.as_mut() {
+                        hold.verdict = Some(BurstVerdict::Judged { burst, end, text, backchannel });
                     }
                 }
                 chunk = async { self.speaking.as_mut().and_then(|s| s.stream.as_mut()).expect("guarded").next().await },
@@ -978,7 +1019,7 @@ impl Pipeline<'_> {
                 }
                 _ = async { tokio::time::sleep_until(hold_deadline.expect("guarded")).await }, if hold_deadline.is_some() => {
                     warn!("interruption undecided; carrying on");
-                    if let Some((burst, _, _)) = self.hold.as_mut().and_then(|h| h.verdict.take()) {
+                    if let Some(Some(BurstVerdict::Recognising(burst, _, _))) = self.hold.as_mut().map(|h| h.verdict.take()) {
                         self.listener.verdict(burst, true);
                     }
                     self.release(media);
@@ -1018,6 +1059,32 @@ impl Pipeline<'_> {
             deadline: Instant::now() + MAX_HOLD,
             verdict: None,
         });
+    }
+
+    /// Acts on a short burst's verdict once the listener has taken it.
+    async fn burst_decided(
+        &mut self,
+        media: &mut CallMedia,
+        log: &CallLog<'_>,
+        end: Duration,
+        text: &str,
+        backchannel: bool,
+    ) {
+        if backchannel {
+            info!(words = %log.redact(text), "backchannel over the answer; carrying on");
+            log.audit(
+                "backchannel",
+                format!("caller said {text:?} over the answer; it carried on"),
+            )
+            .await;
+            self.release(media);
+        } else {
+            let onset = self.hold.as_ref().map_or(Duration::ZERO, |h| h.onset);
+            self.barge_in(media, log, onset).await;
+            self.answered_burst_end = Some(end);
+            log.turn("caller", text, None).await;
+            self.handle_text(media, log, text).await;
+        }
     }
 
     /// It was not an interruption: Frontdoor carries on where it stopped.

@@ -81,6 +81,11 @@ pub enum ListenerEvent {
         end: Duration,
         audio: Vec<i16>,
     },
+    /// The detector took (or, the caller having spoken again since the
+    /// burst, ignored) the verdict on a short burst: the pipeline acts on
+    /// its verdict only once `accepted`, so it never answers or carries on
+    /// over a caller who is still talking.
+    VerdictTaken { burst: u32, accepted: bool },
     /// The caller talked over Frontdoor long enough to count.
     BargeIn { onset: Duration },
     /// The caller has been silent a moment inside a turn (the turn may or may
@@ -185,7 +190,8 @@ impl Listener {
                         }
                         ListenerInput::FinishTurn => ear.finish_turn(&mut events),
                         ListenerInput::Verdict { burst, backchannel } => {
-                            ear.interruption.verdict(burst, backchannel);
+                            let accepted = ear.interruption.verdict(burst, backchannel);
+                            events.push(ListenerEvent::VerdictTaken { burst, accepted });
                         }
                         ListenerInput::UtteranceComplete { speech_end } => {
                             if ear.endpoint.last_speech_end() != Some(speech_end) {
