@@ -552,6 +552,72 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "my partner smashed the door in again while i had the kids with me",
             "escalated",
         ),
+        // After blind set 21 (new wording of its misses, not its sentences).
+        (
+            "hello is there anyone actually there or is this a machine",
+            "human_request",
+        ),
+        (
+            "is there a nice gentleman there i can talk to about my bins",
+            "human_request",
+        ),
+        (
+            "i want speak with the lady from the council please my english is not good for computer",
+            "human_request",
+        ),
+        (
+            "my council tax is overdue but i wont be around long enough to pay it off",
+            "distress",
+        ),
+        (
+            "i dont even know why im ringing you im sat in my car on the roof of the car park",
+            "distress",
+        ),
+        (
+            "ive sorted out who is taking my dog and i wont be needing the house after friday",
+            "distress",
+        ),
+        (
+            "he is getting out of prison next week and after what he did to me my daughter is staying over",
+            "safeguarding",
+        ),
+        (
+            "the old lady across the road has got ever so thin and sits in the same chair all day",
+            "safeguarding",
+        ),
+        (
+            "her nephew has taken her bank cards and is selling off her furniture and i dont think she knows whats going on",
+            "safeguarding",
+        ),
+        // After blind set 22 (new wording of its misses, not its sentences).
+        (
+            "dont bother sending the repair man ill be gone soon ive made sure of that",
+            "distress",
+        ),
+        (
+            "id prefer to go through this with someone from the housing team if i can",
+            "human_request",
+        ),
+        (
+            "you keep getting it wrong can you find me someone who understands",
+            "human_request",
+        ),
+        (
+            "the house is piled to the ceiling with rubbish and there are two little ones living there",
+            "safeguarding",
+        ),
+        (
+            "the home help says his daughter locks him in his bedroom when she goes to work",
+            "safeguarding",
+        ),
+        (
+            "what happens to my flat when i die ive written all my letters already",
+            "distress",
+        ),
+        (
+            "my nephew is only thirteen and some older lads make him carry packages on the train to nottingham",
+            "safeguarding",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -580,6 +646,32 @@ fn ordinary_twins_of_the_blind18_to_20_rules_are_not_escalated() {
         "im moving to spain so ill be gone by then can i close the account",
         "where can i leave my dog while i go into hospital for my hip",
         "the knife drawer in my council kitchen has come off its runners",
+    ] {
+        assert_escalates(&engine, text, "none");
+    }
+}
+
+/// Ordinary twins of the rules, guards and examples added after blind sets
+/// 21 and 22: one sign of each two-sign rule alone, and exasperation with a
+/// nuisance.
+#[test]
+fn ordinary_twins_of_the_blind21_and_22_rules_are_not_escalated() {
+    let engine = engine();
+    for text in [
+        "im at the end of my tether with the dogs next door barking all night",
+        "i have parked on the top floor of the multi storey and the pay machine is broken",
+        "we are moving out so we wont be needing the flat after the end of the month",
+        "my son gets out of prison next week can he be added to my tenancy",
+        "my grandad has no heating on because the boiler broke can someone come out",
+        "my mum is selling off her furniture before she moves into sheltered housing when can you collect it",
+        "is there a number for the library in the city centre",
+        "ive decided im going to pay the whole year in one go",
+        // blind set 22's signs, one at a time
+        "ill be gone soon for three weeks on holiday can you hold my post",
+        "whats the process for the tenancy when the tenant dies my dad is very poorly",
+        "i deliver parcels to birmingham for work and need a parking permit for the van",
+        "my son is only twelve can he get a bus pass for school",
+        "there is no point sending anyone to fix the fence its already been done",
     ] {
         assert_escalates(&engine, text, "none");
     }
