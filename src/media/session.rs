@@ -229,6 +229,17 @@ impl RtpSession {
         self.latched.unwrap_or(self.negotiated.remote_rtp)
     }
 
+    /// The source RTP is latched to, while it keeps sending: the stream connects its
+    /// socket to it, so the kernel skips a route lookup for every packet sent and drops
+    /// datagrams from anyone else before they cost a read. `None` once the source has
+    /// been quiet for [`RELATCH_SAME_SSRC_AFTER`] (the socket is then disconnected), so
+    /// a rebound NAT or a re-anchored SBC can still take over as before.
+    pub fn connectable_peer(&self, now: Instant) -> Option<SocketAddr> {
+        let last_seen = self.latched_last_seen?;
+        (now.saturating_duration_since(last_seen) < RELATCH_SAME_SSRC_AFTER)
+            .then_some(self.latched?)
+    }
+
     fn rtcp_destination(&self) -> SocketAddr {
         if self.negotiated.rtcp_mux {
             return self.destination();
