@@ -191,6 +191,17 @@ fn guards_never_hide_danger_that_is_happening_now() {
     let engine = engine();
     for (text, expected) in [
         ("my son is drowning in the canal", "emergency"),
+        // Guards added after blind set 23 keep real danger unmasked.
+        ("im drowning in debt and i want to end it all", "escalated"),
+        (
+            "the carbon monoxide alarm keeps chirping and we all feel sick and dizzy",
+            "emergency",
+        ),
+        (
+            "he was caught with a knife last year and now hes threatening his sister with one",
+            "escalated",
+        ),
+        ("i cant go on like this any more", "distress"),
         (
             "i feel like im drowning and i want to end it all",
             "escalated",
@@ -618,6 +629,35 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "my nephew is only thirteen and some older lads make him carry packages on the train to nottingham",
             "safeguarding",
         ),
+        // After blind set 23 (new wording of its misses, not its sentences).
+        (
+            "ive had the runaround all week i want to hear from someone who actually works for the council",
+            "human_request",
+        ),
+        (
+            "mi cyaan deal wid dis machine put mi through to somebody please",
+            "human_request",
+        ),
+        (
+            "theres a little lad about five wandering round the precinct by himself at eleven at night and he says his dads not home",
+            "safeguarding",
+        ),
+        (
+            "ive given all me things away to me neighbours already and ill not be needing the house after sunday",
+            "distress",
+        ),
+        (
+            "i dont want my daughter getting lumbered with the rent after im gone so put it in my name only",
+            "distress",
+        ),
+        (
+            "a minibus collects the women at four every morning and they look terrified and one of them begged me for food",
+            "safeguarding",
+        ),
+        (
+            "my grandad keeps saying he wants to go and be with nan and hes been giving his things away",
+            "distress",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -652,10 +692,11 @@ fn ordinary_twins_of_the_blind18_to_20_rules_are_not_escalated() {
 }
 
 /// Ordinary twins of the rules, guards and examples added after blind sets
-/// 21 and 22: one sign of each two-sign rule alone, and exasperation with a
-/// nuisance.
+/// 21-23: one sign of each two-sign rule alone, exasperation with a
+/// nuisance, debts one is drowning in, a date one cannot go on, a carer
+/// asking for respite, an alarm wanting a battery.
 #[test]
-fn ordinary_twins_of_the_blind21_and_22_rules_are_not_escalated() {
+fn ordinary_twins_of_the_blind21_to_23_rules_are_not_escalated() {
     let engine = engine();
     for text in [
         "im at the end of my tether with the dogs next door barking all night",
@@ -672,6 +713,15 @@ fn ordinary_twins_of_the_blind21_and_22_rules_are_not_escalated() {
         "i deliver parcels to birmingham for work and need a parking permit for the van",
         "my son is only twelve can he get a bus pass for school",
         "there is no point sending anyone to fix the fence its already been done",
+        // blind set 23's signs and guards
+        "im drowning in paperwork since my mum died can someone help me with her council tax",
+        "my son was caught with a knife at school two years ago its all been dealt with can he change schools now",
+        "the carbon monoxide alarm keeps chirping i think it needs a new battery can derby homes replace it",
+        "i cant go on the tenth can i change my marriage appointment",
+        "i look after my wife shes had a stroke is there any respite for carers",
+        "my mum is giving her things away to the charity shop before she moves into the care home",
+        "i want to be with my partner so im moving to leeds can you close my account",
+        "a van picks up the recycling at six every morning and its so noisy",
     ] {
         assert_escalates(&engine, text, "none");
     }
