@@ -202,6 +202,19 @@ fn guards_never_hide_danger_that_is_happening_now() {
             "escalated",
         ),
         ("i cant go on like this any more", "distress"),
+        // Guards added after blind set 24.
+        (
+            "im a support worker and my partner hits me where is the domestic abuse hub",
+            "safeguarding",
+        ),
+        (
+            "whats the number for the domestic abuse helpline i need help",
+            "safeguarding",
+        ),
+        (
+            "the traffic is not moving because a car has just gone into the wall and the driver in it is not moving",
+            "emergency",
+        ),
         (
             "i feel like im drowning and i want to end it all",
             "escalated",
@@ -658,6 +671,35 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "my grandad keeps saying he wants to go and be with nan and hes been giving his things away",
             "distress",
         ),
+        // After blind set 24 (new wording of its misses, not its sentences).
+        (
+            "im eighty eight duck i dont do these machines can you get me a nice young man on the line",
+            "human_request",
+        ),
+        (
+            "could i speak to a council tax officer please id rather explain it to a real person",
+            "human_request",
+        ),
+        (
+            "honestly it would be simpler for everyone if i just didnt wake up in the morning",
+            "escalated",
+        ),
+        (
+            "ive been doing the thing with the blades again since the bailiffs came",
+            "distress",
+        ),
+        (
+            "since my wife passed i keep wondering what im still hanging on for",
+            "distress",
+        ),
+        (
+            "a van has just gone into the bus shelter and theres a lad in it not moving",
+            "emergency",
+        ),
+        (
+            "my husband has all the cards i only get ten pound a week and he says if i leave ill never see the children",
+            "safeguarding",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -692,11 +734,11 @@ fn ordinary_twins_of_the_blind18_to_20_rules_are_not_escalated() {
 }
 
 /// Ordinary twins of the rules, guards and examples added after blind sets
-/// 21-23: one sign of each two-sign rule alone, exasperation with a
+/// 21-24: one sign of each two-sign rule alone, exasperation with a
 /// nuisance, debts one is drowning in, a date one cannot go on, a carer
 /// asking for respite, an alarm wanting a battery.
 #[test]
-fn ordinary_twins_of_the_blind21_to_23_rules_are_not_escalated() {
+fn ordinary_twins_of_the_blind21_to_24_rules_are_not_escalated() {
     let engine = engine();
     for text in [
         "im at the end of my tether with the dogs next door barking all night",
@@ -722,6 +764,11 @@ fn ordinary_twins_of_the_blind21_to_23_rules_are_not_escalated() {
         "my mum is giving her things away to the charity shop before she moves into the care home",
         "i want to be with my partner so im moving to leeds can you close my account",
         "a van picks up the recycling at six every morning and its so noisy",
+        // blind set 24's signs and guards
+        "im a social worker i need the opening hours for the domestic abuse hub",
+        "i get sixty pound a week pension credit can i get help with council tax",
+        "the bus has just gone past and didnt stop for me again",
+        "im ninety and i cant get up the stairs can i have a stair lift assessment",
     ] {
         assert_escalates(&engine, text, "none");
     }
