@@ -71,6 +71,7 @@ async fn asr_pool_transcribes_concurrent_utterances_on_every_worker() {
                     counted.fetch_add(1, Ordering::Relaxed);
                 })),
                 threads_when_alone: 2,
+                shed_prompt_when_busy: true,
             },
         )
         .expect("start pool"),
@@ -117,6 +118,7 @@ async fn asr_pool_answers_busy_when_the_queue_is_full_and_recovers() {
                 queue_capacity: 1,
                 on_job_done: None,
                 threads_when_alone: 1,
+                shed_prompt_when_busy: true,
             },
         )
         .expect("start pool"),
@@ -180,6 +182,7 @@ async fn asr_pool_cancels_jobs_when_the_caller_hangs_up() {
                 queue_capacity: 2,
                 on_job_done: None,
                 threads_when_alone: 1,
+                shed_prompt_when_busy: true,
             },
         )
         .expect("start pool"),
@@ -238,6 +241,7 @@ async fn asr_pool_reports_bad_audio_as_errors_and_shuts_down_cleanly() {
             queue_capacity: 4,
             on_job_done: None,
             threads_when_alone: 1,
+            shed_prompt_when_busy: true,
         },
     )
     .expect("start pool");
@@ -262,7 +266,8 @@ async fn asr_pool_reports_bad_audio_as_errors_and_shuts_down_cleanly() {
                 workers: 0,
                 queue_capacity: 1,
                 on_job_done: None,
-                threads_when_alone: 1
+                threads_when_alone: 1,
+                shed_prompt_when_busy: true,
             }
         ),
         Err(AsrError::Config(_))
@@ -270,4 +275,63 @@ async fn asr_pool_reports_bad_audio_as_errors_and_shuts_down_cleanly() {
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await
         .expect("shutdown");
+}
+
+/// Under load (turns waiting behind the one being decoded) a turn is decoded
+/// without the vocabulary prompt, which is cheaper; alone, with it. Both
+/// give the recording's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asr_pool_sheds_the_vocabulary_prompt_only_while_turns_wait() {
+    let Some(inputs) = inputs("asr_pool_sheds_the_vocabulary_prompt_only_while_turns_wait") else {
+        return;
+    };
+    for shed in [true, false] {
+        let prompted = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&prompted);
+        let pool = Arc::new(
+            AsrPool::start(
+                &inputs.model,
+                AsrPoolConfig {
+                    workers: 1,
+                    queue_capacity: 8,
+                    on_job_done: Some(Arc::new(move |report| {
+                        seen.lock().push(report.prompted);
+                    })),
+                    threads_when_alone: 1,
+                    shed_prompt_when_busy: shed,
+                },
+            )
+            .expect("start pool"),
+        );
+        let mut tasks = Vec::new();
+        for (reference, audio) in inputs.clips.iter().skip(5).take(4).cloned() {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move {
+                let transcript = pool.submit(Utterance::Wideband16k(audio)).await;
+                (reference, transcript.expect("transcribe").text)
+            }));
+        }
+        for task in tasks {
+            let (reference, text) = task.await.expect("task");
+            let errors = word_errors(&reference, &text);
+            assert!(errors.errors <= 1, "{reference:?} heard as {text:?}");
+        }
+        let prompted = prompted.lock().clone();
+        assert_eq!(prompted.len(), 4);
+        if shed {
+            // The first three had others queued behind them (submitted
+            // together, decoded one at a time); the last had nobody.
+            assert!(prompted[3], "{prompted:?}");
+            assert!(
+                prompted[..3].iter().filter(|p| !**p).count() >= 2,
+                "{prompted:?}"
+            );
+        } else {
+            assert!(prompted.iter().all(|p| *p), "{prompted:?}");
+        }
+        let pool = Arc::try_unwrap(pool).ok().expect("sole owner");
+        tokio::task::spawn_blocking(move || pool.shutdown())
+            .await
+            .expect("shutdown");
+    }
 }

@@ -262,15 +262,44 @@ pub fn check_transcript(decoded: &DecodeSummary<'_>, limits: &GuardLimits) -> Op
 /// sentence restates it from its start, at least [`MIN_RESTART_WORDS`] words
 /// (the last may be cut mid-word); anything else is left to the guards.
 pub fn restarted_sentence(text: &str) -> Option<&str> {
-    let end = text.find(['.', '?', '!'])? + 1;
-    let (head, rest) = text.split_at(end);
+    // The first boundary whose remainder is a pure restatement wins. A
+    // comma counts too ("How do I pay my council tax, how do I pay my
+    // council tax, how do"): the decoder wrote the whole question and began
+    // it again, so the question is complete and is kept without its comma.
+    text.match_indices(['.', '?', '!', ','])
+        .map(|(at, mark)| (at + mark.len(), mark == ","))
+        .find_map(|(end, comma)| {
+            let (head, rest) = text.split_at(end);
+            restates(head, rest).then(|| {
+                let head = head.trim();
+                if comma {
+                    head.trim_end_matches(',').trim_end()
+                } else {
+                    head
+                }
+            })
+        })
+}
+
+/// Whether `rest` is `head` said again from its start, over and over, at
+/// least [`MIN_RESTART_WORDS`] words of each (the last word may be cut).
+fn restates(head: &str, rest: &str) -> bool {
     let head_words = words_of(head);
     let rest_words = words_of(rest);
     if head_words.len() < MIN_RESTART_WORDS || rest_words.len() < MIN_RESTART_WORDS {
-        return None;
+        return false;
+    }
+    // A head that itself repeats a shorter unit ("5, 5, 5" before "5, 5")
+    // is a loop of that unit, not a sentence said again: the guards judge it.
+    let repeats_itself = (1..head_words.len()).any(|period| {
+        (period..head_words.len())
+            .all(|i| head_words[i].eq_ignore_ascii_case(head_words[i - period]))
+    });
+    if repeats_itself {
+        return false;
     }
     let last = rest_words.len() - 1;
-    let restates = rest_words.iter().enumerate().all(|(i, word)| {
+    rest_words.iter().enumerate().all(|(i, word)| {
         let expected = head_words[i % head_words.len()];
         let compared = if i == last {
             // The token budget may stop the loop mid-word.
@@ -279,8 +308,7 @@ pub fn restarted_sentence(text: &str) -> Option<&str> {
             expected
         };
         compared.eq_ignore_ascii_case(word)
-    });
-    restates.then(|| head.trim())
+    })
 }
 
 /// The words of `text` without surrounding punctuation, as the guards count
@@ -546,6 +574,11 @@ mod tests {
             restarted_sentence(" When is my bin day? When is my bin day? When is"),
             Some("When is my bin day?")
         );
+        // Looping after a comma: the question is complete; the comma goes.
+        assert_eq!(
+            restarted_sentence("How do I pay my council tax, how do I pay my council tax, how do"),
+            Some("How do I pay my council tax")
+        );
     }
 
     #[test]
@@ -564,6 +597,18 @@ mod tests {
             None
         );
         assert_eq!(restarted_sentence("no sentence end at all"), None);
+        // A caller correcting themselves after a comma is not a loop.
+        assert_eq!(
+            restarted_sentence("Can I pay my, can I pay my council tax by card?"),
+            None
+        );
+        assert_eq!(restarted_sentence("Yes, yes, yes"), None);
+        // A word looping is not a sentence restarting, at any boundary.
+        assert_eq!(restarted_sentence("5, 5, 5, 5, 5, 5, 5"), None);
+        assert_eq!(
+            restarted_sentence("Help me, help me, help me, help me"),
+            None
+        );
         assert_eq!(restarted_sentence(""), None);
     }
 }

@@ -295,6 +295,7 @@ mod tests {
                     queue_capacity: 2,
                     on_job_done: None,
                     threads_when_alone: 1,
+                    shed_prompt_when_busy: true,
                 },
             )
             .expect("pool"),

@@ -95,6 +95,7 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
     if let Some(n) = config.assistant.asr_workers {
         pool_config.workers = n;
     }
+    pool_config.shed_prompt_when_busy = !config.assistant.asr_prompt_when_busy;
     let asr =
         AsrPool::start(&asr_model, pool_config).context("starting speech recognition workers")?;
     info!(
