@@ -225,6 +225,33 @@ fn distress_mid_flow_transfers_at_once_with_safety_message() {
     assert!(call.is_finished());
 }
 
+/// With no agents on the route the transfer cannot happen: the caller is
+/// not hung up on, and what they say next is answered; a second risk is
+/// still transferred with its safety message.
+#[test]
+fn a_transfer_that_cannot_happen_leaves_the_conversation_open() {
+    let engine = engine();
+    let mut call = engine.new_conversation_seeded(11);
+    let turn = call.respond(&engine, "i can't go on like this anymore");
+    assert!(matches!(turn.action, Action::Transfer { .. }));
+    assert!(call.is_finished());
+    call.transfer_unavailable();
+    assert!(!call.is_finished());
+    let next = call.respond(&engine, "when is my bin collection day");
+    assert_eq!(next.intent.as_deref(), Some("bin_day"), "{next:?}");
+    assert!(!matches!(next.action, Action::Hangup), "{next:?}");
+    let again = call.respond(&engine, "i want to end it all");
+    assert_eq!(again.escalation, Escalation::Distress);
+    assert!(matches!(again.action, Action::Transfer { .. }));
+    // Only a transfer reopens a conversation: a goodbye stays a goodbye.
+    let mut done = engine.new_conversation_seeded(12);
+    done.respond(&engine, "when is my bin day");
+    done.respond(&engine, "no thanks bye");
+    assert!(done.is_finished(), "the caller said goodbye");
+    done.transfer_unavailable();
+    assert!(done.is_finished());
+}
+
 #[test]
 fn emergency_tells_caller_to_ring_999() {
     let engine = engine();

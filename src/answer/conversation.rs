@@ -209,6 +209,16 @@ impl Conversation {
         self.state == DialogueState::Finished
     }
 
+    /// The transfer this conversation asked for cannot happen (no agents
+    /// are configured on the route): the conversation goes on, so what the
+    /// caller says next is answered, never met with a goodbye. Risk calls
+    /// keep their safety message (`agent_unavailable`).
+    pub fn transfer_unavailable(&mut self) {
+        if self.state == DialogueState::Finished && self.last_transfer.is_some() {
+            self.state = DialogueState::Open;
+        }
+    }
+
     /// What to say when a transfer was requested but no agent is free. Risk
     /// transfers get the safety message (999, Samaritans).
     pub fn agent_unavailable(&self, engine: &AnswerEngine) -> String {

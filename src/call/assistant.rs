@@ -494,6 +494,44 @@ pub fn short_burst_interrupts(text: &str, mean_logprob: f32) -> bool {
     meaningful.len() >= 2
 }
 
+/// Words no English sentence ends on: a turn whose words stop on one of
+/// these is a caller pausing mid-sentence ("I was wondering about...",
+/// "it's the...", "and..."), however Whisper punctuated it.
+const DANGLING_WORDS: &[&str] = &[
+    "a", "an", "the", "my", "your", "our", "their", "and", "but", "or", "because", "cos", "if",
+    "whether", "than", "um", "uh", "er", "erm",
+];
+
+/// Prepositions a sentence ends on only as a question ("who do I speak
+/// to?", "what's it about?"); after a statement they mean more is coming.
+const DANGLING_PREPOSITIONS: &[&str] = &[
+    "about", "of", "for", "with", "from", "to", "into", "onto", "at", "by",
+];
+
+const QUESTION_WORDS: &[&str] = &[
+    "who", "whom", "whose", "what", "which", "where", "when", "how", "why",
+];
+
+/// Whether a transcript stops mid-sentence: its last word cannot end a
+/// sentence, or is a preposition ending a statement. Such words are never
+/// a complete request, even if the meaning so far would be acted on.
+pub fn trails_off(text: &str) -> bool {
+    let words = words_of(text);
+    let Some(last) = words.last().map(String::as_str) else {
+        return false;
+    };
+    if DANGLING_WORDS.contains(&last) {
+        return true;
+    }
+    let question = text.trim_end().ends_with('?')
+        || words.iter().any(|w| {
+            // "what's", "who'd": the question word before the apostrophe.
+            let stem = w.split('\'').next().unwrap_or_default();
+            QUESTION_WORDS.contains(&stem)
+        });
+    DANGLING_PREPOSITIONS.contains(&last) && !question
+}
+
 /// No speech recognition is running or waiting: ahead-of-time synthesis
 /// may use a core without slowing down a caller's turn.
 pub fn recognition_idle() -> bool {
@@ -1101,7 +1139,7 @@ impl Pipeline<'_> {
     /// Words that already make a request Frontdoor can act on, so the caller
     /// need not be waited for any longer.
     fn is_complete_request(&self, text: &str) -> bool {
-        if text.split_whitespace().count() < 3 {
+        if text.split_whitespace().count() < 3 || trails_off(text) {
             return false;
         }
         let answer = &self.services.answer;
@@ -1302,6 +1340,7 @@ impl Pipeline<'_> {
             // risk calls hear the safety message and the conversation stays
             // open.
             let safety = self.conversation.agent_unavailable(&self.services.answer);
+            self.conversation.transfer_unavailable();
             log.audit(
                 "transfer_unavailable",
                 "no agents configured on this route".into(),
@@ -1421,6 +1460,33 @@ impl Pipeline<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_that_stops_on_a_dangling_word_trails_off() {
+        for words in [
+            "Um, I was wondering about.",
+            "I was wondering about",
+            "It's about my",
+            "I need to report the.",
+            "My neighbour is, erm",
+            "The bins were missed and",
+            "I've been thinking of",
+        ] {
+            assert!(trails_off(words), "{words:?}");
+        }
+        for words in [
+            "When is my bin collection day?",
+            "Who do I speak to?",
+            "Who do I speak to.",
+            "What's it about",
+            "I want to report a pothole.",
+            "I can't cope any more",
+            "My bin wasn't collected, can you send someone out",
+            "",
+        ] {
+            assert!(!trails_off(words), "{words:?}");
+        }
+    }
 
     #[test]
     fn short_bursts_interrupt_only_on_evidence() {
