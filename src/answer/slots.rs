@@ -95,28 +95,58 @@ fn extract_location(normalised: &str, asked: bool) -> Option<String> {
     if let Some(found) = house_and_street(&text) {
         return Some(found);
     }
-    if let Some(found) = STREET_ONLY.find(&text) {
-        let street = found.as_str();
-        // "my road" or "the road" names no place.
-        let first = street.split(' ').next().unwrap_or("");
-        if !matches!(
-            first,
-            "my" | "the" | "our" | "a" | "this" | "that" | "main" | "their"
-        ) {
-            let outside = if text.contains(&format!("outside {street}"))
-                || text.contains(&format!("near {street}"))
-            {
-                "near "
-            } else {
-                ""
-            };
-            return Some(format!("{outside}{}", title_case(street)));
+    let mut unnamed = text.clone();
+    for found in STREET_ONLY.find_iter(&text) {
+        if let Some(place) = named_street(&text, found.as_str()) {
+            return Some(place);
         }
+        unnamed = unnamed.replace(found.as_str(), " ");
     }
-    if asked {
+    // "it's just down my road" answers the question without naming a place:
+    // ask again.
+    let names_a_place = tokens(&unnamed).any(|word| !NOT_A_PLACE.contains(&word));
+    if asked && names_a_place {
         return free_answer(&text);
     }
     None
+}
+
+/// Words that can come before a street name without being part of it
+/// ("a pothole on ashbourne road", "the light outside ashbourne road").
+const BEFORE_A_STREET: &[&str] = &[
+    "on", "in", "at", "of", "along", "down", "up", "off", "by", "near", "outside", "opposite",
+];
+
+/// Words around "my road" that still name no place ("it's just down my road").
+const NOT_A_PLACE: &[&str] = &[
+    "its", "it", "is", "just", "right", "over", "there", "here", "round", "around", "up", "down",
+    "along", "on", "in", "at", "by", "near", "outside", "the", "my", "our", "a", "bit", "little",
+    "yeah", "yes", "well", "so", "um", "er", "erm", "uh", "street", "road", "from", "me", "mine",
+];
+
+/// "my road", "the road" or "our street" name no place: the caller is asked.
+const NOT_A_STREET_NAME: &[&str] = &[
+    "my", "the", "our", "a", "this", "that", "main", "their", "his", "her", "your", "same",
+];
+
+/// A street named in `matched` (a [`STREET_ONLY`] match inside `text`), in
+/// title case, with "near " when the caller placed it near or outside.
+fn named_street(text: &str, matched: &str) -> Option<String> {
+    let mut words: Vec<&str> = matched.split(' ').collect();
+    let mut near = false;
+    while words.len() > 1 && BEFORE_A_STREET.contains(&words[0]) {
+        near |= matches!(words[0], "near" | "outside" | "opposite" | "by");
+        words.remove(0);
+    }
+    if words.len() < 2 || NOT_A_STREET_NAME.contains(&words[0]) {
+        return None;
+    }
+    let street = words.join(" ");
+    near |= ["outside", "near", "opposite"]
+        .iter()
+        .any(|word| text.contains(&format!("{word} {street}")));
+    let prefix = if near { "near " } else { "" };
+    Some(format!("{prefix}{}", title_case(&street)))
 }
 
 fn extract_bin_type(normalised: &str) -> Option<String> {
@@ -371,6 +401,37 @@ mod tests {
         assert_eq!(
             extract(SlotKind::Address, "de1 2ab", true).as_deref(),
             Some("DE1 2AB")
+        );
+    }
+
+    #[test]
+    fn a_location_is_a_named_street_not_my_road() {
+        let location = |text, asked| extract(SlotKind::Location, text, asked);
+        assert_eq!(
+            location("i want to report a pothole on my road", false),
+            None
+        );
+        assert_eq!(location("its on my road", true), None);
+        assert_eq!(location("just down the road", true), None);
+        assert_eq!(
+            location("theres a pothole on london road", false).as_deref(),
+            Some("London Road")
+        );
+        assert_eq!(
+            location("a pothole on my road ashbourne road", false).as_deref(),
+            Some("Ashbourne Road")
+        );
+        assert_eq!(
+            location("the street light outside ashbourne road", false).as_deref(),
+            Some("near Ashbourne Road")
+        );
+        assert_eq!(
+            location("by the school gates on ashbourne road", false).as_deref(),
+            Some("Ashbourne Road")
+        );
+        assert_eq!(
+            location("outside the post office on my road", true).as_deref(),
+            Some("Outside The Post Office On My Road")
         );
     }
 
