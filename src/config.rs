@@ -267,6 +267,11 @@ pub struct AssistantSection {
     /// base is synthesised ahead of time into it while the machine is idle, so
     /// a known answer starts without waiting for synthesis. 0 turns it off.
     pub tts_cache_mb: usize,
+    /// Keep the audio of fixed texts (knowledge-base answers, prompts) on
+    /// disk under the models cache (`<cache>/tts/`), so a restarted engine
+    /// answers its first callers without synthesising. Only text that is the
+    /// same for every caller is written. Default: true.
+    pub tts_store: bool,
 }
 
 impl Default for SipSection {
@@ -351,6 +356,7 @@ impl Default for AssistantSection {
             asr_prompt_when_busy: false,
             tts_workers: 1,
             tts_cache_mb: 16,
+            tts_store: true,
         }
     }
 }
@@ -437,14 +443,19 @@ impl Config {
         parse_port_range(&self.media.rtp_ports).unwrap_or(20000..=29999)
     }
 
+    /// The models cache directory (`[models] cache_dir`, else the default).
+    pub fn models_cache_dir(&self) -> PathBuf {
+        self.models
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::models::default_cache_dir)
+    }
+
     /// The model files to use: the cache's, with any path set in `[models]`
     /// taking precedence.
     pub fn model_set(&self) -> crate::models::ModelSet {
         let m = &self.models;
-        let cache = m
-            .cache_dir
-            .clone()
-            .unwrap_or_else(crate::models::default_cache_dir);
+        let cache = self.models_cache_dir();
         let whisper = m
             .whisper
             .as_deref()

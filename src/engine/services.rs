@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::answer::AnswerEngine;
 use crate::asr::{AsrConfig, AsrModel, AsrPool, AsrPoolConfig};
@@ -13,7 +13,9 @@ use crate::call::assistant::{
     AssistantServices, GOODBYE_SILENT, HOLDING_PHRASE, NOT_HEARD, REPROMPT,
 };
 use crate::config::Config;
-use crate::speech::{PiperVoice, PromptCache, SileroVadModel, TtsPoolConfig, TtsWorkerPool};
+use crate::speech::{
+    PiperVoice, PromptCache, SentenceStore, SileroVadModel, TtsPoolConfig, TtsWorkerPool,
+};
 
 /// Blocking: loads models (seconds). Call from `spawn_blocking`.
 pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
@@ -46,7 +48,20 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
         )
         .context("loading the Piper voice")?,
     );
-    let prompts = PromptCache::new(voice.clone(), 64);
+    // Audio of fixed texts is kept on disk beside the models, so a restart
+    // needs no synthesis before its first calls (see `SentenceStore`).
+    let store = config.assistant.tts_store.then(|| {
+        let root = config.models_cache_dir().join("tts");
+        match SentenceStore::open(&root, &voice.store_identity(crate::speech::TELEPHONY_RATE)) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(error) => {
+                warn!(%error, dir = %root.display(), "synthesised audio will not be kept on disk");
+                None
+            }
+        }
+    });
+    let store = store.flatten();
+    let prompts = PromptCache::new(voice.clone(), 64).with_store(store.clone());
     // Fixed phrases are synthesised now, so the greeting starts at once.
     let governance = answer.governance();
     let mut fixed: Vec<String> = vec![
@@ -75,6 +90,7 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
         TtsPoolConfig {
             workers: tts_workers,
             sentence_cache_bytes: config.assistant.tts_cache_mb.saturating_mul(1024 * 1024),
+            sentence_store: store,
             ..Default::default()
         },
     )

@@ -15,6 +15,7 @@
 //! <cache>/models/piper/en_US-joe-medium.onnx    + .onnx.json
 //! <cache>/models/onnxruntime/libonnxruntime.so.<version>
 //! <cache>/models/silero/silero_vad.onnx
+//! <cache>/tts/<voice>/*.pcm                    fixed answers' audio (speech::tts::store)
 //! ```
 
 pub mod ct2ggml;

@@ -25,8 +25,8 @@ use thiserror::Error;
 
 pub use runtime::{OnnxRuntimeInfo, init_onnxruntime};
 pub use tts::{
-    PiperVoice, PiperVoiceOptions, PromptCache, SpokenSentence, TtsChunk, TtsPoolConfig, TtsStream,
-    TtsWorkerPool, say_to_wav,
+    PiperVoice, PiperVoiceOptions, PromptCache, SentenceStore, SpokenSentence, TtsChunk,
+    TtsPoolConfig, TtsStream, TtsWorkerPool, say_to_wav,
 };
 pub use vad::{
     BargeInConfig, BargeInDetector, BargeInEvent, EndpointConfig, EndpointDetector, EndpointEvent,

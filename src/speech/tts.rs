@@ -7,6 +7,7 @@
 //! Runtime's terminate flag stops a sentence already running.
 
 pub mod cache;
+pub mod store;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 
 pub use cache::{SentenceCache, SentenceCacheStats};
+pub use store::{SentenceStore, StoreStats};
 
 use super::normalize::normalize_for_speech;
 use super::phonemize::{
@@ -213,6 +215,21 @@ impl Cancellation {
 }
 
 impl PiperVoice {
+    /// What the sound of this voice at `rate` depends on, for a
+    /// [`SentenceStore`]: the model file, its settings and the options that
+    /// change the audio (not the number of sessions or threads).
+    pub fn store_identity(&self, rate: u32) -> String {
+        let o = &self.options;
+        store::voice_identity(
+            &self.model_path,
+            &format!(
+                "{:?}; speaker {} length {:?} noise {:?} {:?}",
+                self.config, o.speaker_id, o.length_scale, o.noise_scale, o.noise_w
+            ),
+            rate,
+        )
+    }
+
     /// Loads a voice with default options (one session, one thread).
     pub fn load(onnx: &Path, config_json: &Path) -> Result<Self, SpeechError> {
         Self::load_with(onnx, config_json, PiperVoiceOptions::default())
@@ -472,6 +489,10 @@ pub struct TtsPoolConfig {
     /// 0 turns the cache off. 16 MiB is about 17 minutes of 8 kHz speech:
     /// every fixed sentence of the shipped knowledge base several times over.
     pub sentence_cache_bytes: usize,
+    /// Where sentences synthesised ahead of time are also kept on disk
+    /// ([`SentenceStore`]), so a restarted engine has them at once. `None`:
+    /// memory only.
+    pub sentence_store: Option<Arc<SentenceStore>>,
 }
 
 impl Default for TtsPoolConfig {
@@ -481,6 +502,7 @@ impl Default for TtsPoolConfig {
             queue_capacity: 32,
             output_rate: TELEPHONY_RATE,
             sentence_cache_bytes: 16 * 1024 * 1024,
+            sentence_store: None,
         }
     }
 }
@@ -553,6 +575,11 @@ impl Drop for TtsStream {
     }
 }
 
+/// [`SentenceStore`] kind of one sentence synthesised on its own.
+const SENTENCE: &str = "sentence";
+/// [`SentenceStore`] kind of a whole prompt ([`PromptCache`]).
+const PROMPT: &str = "prompt";
+
 /// Texts waiting to be synthesised ahead of time: bounds what
 /// [`TtsWorkerPool::presynthesize`] accepts.
 const MAX_BACKGROUND_TEXTS: usize = 1_024;
@@ -573,6 +600,7 @@ pub type IdleCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 /// What the workers and the submitting side share.
 struct PoolShared {
     cache: SentenceCache,
+    store: Option<Arc<SentenceStore>>,
     background: Mutex<VecDeque<BackgroundText>>,
     background_idle: Mutex<Option<IdleCheck>>,
     /// The background sentence being synthesised: a live request cancels it
@@ -595,6 +623,21 @@ impl PoolShared {
         for thread in self.threads.lock().iter() {
             thread.unpark();
         }
+    }
+
+    /// A sentence's audio from the disk store, if there is one and it has it.
+    fn stored(&self, sentence: &str) -> Option<Vec<i16>> {
+        self.store.as_ref()?.load(SENTENCE, sentence)
+    }
+
+    /// Keeps ahead-of-time audio in memory if it fits without pushing out
+    /// audio callers used; whether it was kept.
+    fn keep_ahead_of_time(&self, sentence: &str, audio: Arc<[i16]>) -> bool {
+        if self.cache.stats().bytes + std::mem::size_of_val(&*audio) > self.cache.max_bytes() {
+            return false;
+        }
+        self.cache.insert(sentence, audio);
+        true
     }
 
     fn background_allowed(&self) -> bool {
@@ -631,6 +674,7 @@ impl TtsWorkerPool {
         let receiver = Arc::new(Mutex::new(receiver));
         let shared = Arc::new(PoolShared {
             cache: SentenceCache::new(config.sentence_cache_bytes),
+            store: config.sentence_store.clone(),
             background: Mutex::new(VecDeque::new()),
             background_idle: Mutex::new(None),
             background_run: Mutex::new(None),
@@ -945,7 +989,12 @@ fn speak_job(voice: &PiperVoice, shared: &PoolShared, job: TtsJob) {
         }
         let started = std::time::Instant::now();
         let silence_after = sentence_index + 1 < total;
-        let audio = match shared.cache.get(&sentence.text) {
+        let audio = match shared.cache.get(&sentence.text).or_else(|| {
+            // A fixed sentence the background has not reached yet.
+            let stored: Arc<[i16]> = Arc::from(shared.stored(&sentence.text)?);
+            shared.cache.insert(&sentence.text, Arc::clone(&stored));
+            Some(stored)
+        }) {
             Some(audio) => Ok(audio),
             None => voice
                 .synthesize_sentence(&sentence, rate, false, Some(&job.cancel))
@@ -999,14 +1048,24 @@ fn background_step(voice: &PiperVoice, shared: &PoolShared) {
         }
     };
     let wanted = if item.first_only { 1 } else { sentences.len() };
-    let mut missing = sentences
-        .iter()
-        .take(wanted)
-        .filter(|s| !shared.cache.contains(&s.text));
+    let mut missing = sentences.iter().take(wanted).filter(|s| {
+        let cached = shared.cache.contains(&s.text);
+        if cached && let Some(store) = &shared.store {
+            store.keep(SENTENCE, &s.text);
+        }
+        !cached
+    });
     let Some(sentence) = missing.next() else {
+        background_item_done(shared, item, false);
         return;
     };
     let more_after = missing.next().is_some();
+    // Stored by an earlier run: no synthesis needed (and no core taken).
+    if let Some(stored) = shared.stored(&sentence.text) {
+        shared.keep_ahead_of_time(&sentence.text, Arc::from(stored));
+        background_item_done(shared, item, more_after);
+        return;
+    }
     let Ok(cancel) = Cancellation::new().map(Arc::new) else {
         return;
     };
@@ -1023,26 +1082,46 @@ fn background_step(voice: &PiperVoice, shared: &PoolShared) {
         Ok(spoken) => {
             let audio: Arc<[i16]> = Arc::from(spoken.samples);
             // Ahead-of-time audio must never push out audio callers used.
-            if shared.cache.stats().bytes + std::mem::size_of_val(&*audio)
-                <= shared.cache.max_bytes()
+            if shared.keep_ahead_of_time(&sentence.text, Arc::clone(&audio))
+                && let Some(store) = &shared.store
             {
-                shared.cache.insert(&sentence.text, audio);
+                store.save(SENTENCE, &sentence.text, &audio);
             }
-            let mut background = shared.background.lock();
-            if more_after {
-                background.push_front(item);
-            } else if background.is_empty() {
-                let stats = shared.cache.stats();
-                tracing::info!(
-                    sentences = stats.entries,
-                    kib = stats.bytes / 1024,
-                    "ahead-of-time synthesis finished"
-                );
-            }
+            background_item_done(shared, item, more_after);
         }
         // A live request took the worker: this sentence is done later.
         Err(SpeechError::Cancelled) => shared.background.lock().push_front(item),
         Err(error) => tracing::debug!(%error, "a sentence could not be synthesised ahead of time"),
+    }
+}
+
+/// After a background step on `item`: put it back if it has `more` sentences
+/// to do, and when the last item is done, say so and tidy the disk store.
+fn background_item_done(shared: &PoolShared, item: BackgroundText, more: bool) {
+    let finished = {
+        let mut background = shared.background.lock();
+        if more {
+            background.push_front(item);
+            false
+        } else {
+            background.is_empty()
+        }
+    };
+    if finished {
+        let stats = shared.cache.stats();
+        let stored = shared.store.as_ref().map(|store| store.stats());
+        let pruned = shared
+            .store
+            .as_ref()
+            .map_or(0, |store| store.prune(store::STALE_AFTER));
+        tracing::info!(
+            sentences = stats.entries,
+            kib = stats.bytes / 1024,
+            from_disk = stored.map_or(0, |s| s.loads),
+            written_to_disk = stored.map_or(0, |s| s.saves),
+            pruned,
+            "ahead-of-time synthesis finished"
+        );
     }
 }
 
@@ -1052,6 +1131,7 @@ pub struct PromptCache {
     voice: Arc<PiperVoice>,
     entries: RwLock<HashMap<String, Arc<[i16]>>>,
     max_entries: usize,
+    store: Option<Arc<SentenceStore>>,
 }
 
 impl std::fmt::Debug for PromptCache {
@@ -1070,7 +1150,15 @@ impl PromptCache {
             voice,
             entries: RwLock::new(HashMap::new()),
             max_entries,
+            store: None,
         }
+    }
+
+    /// Also keeps the prompts [`Self::warm`] synthesises on disk, and reads
+    /// them back from there on the next start.
+    pub fn with_store(mut self, store: Option<Arc<SentenceStore>>) -> Self {
+        self.store = store;
+        self
     }
 
     /// The cached audio, if `text` was synthesised before.
@@ -1096,9 +1184,27 @@ impl PromptCache {
     }
 
     /// Synthesises every prompt now, so the first call does not wait.
+    /// Prompts stored on disk by an earlier start are read, not synthesised.
     pub fn warm<'t>(&self, texts: impl IntoIterator<Item = &'t str>) -> Result<(), SpeechError> {
         for text in texts {
-            self.get_or_synthesize(text)?;
+            if self.get(text).is_some() {
+                continue;
+            }
+            let stored = self
+                .store
+                .as_ref()
+                .and_then(|store| store.load(PROMPT, text));
+            if let Some(audio) = stored {
+                let mut entries = self.entries.write();
+                if entries.len() < self.max_entries {
+                    entries.insert(text.to_string(), Arc::from(audio));
+                }
+                continue;
+            }
+            let audio = self.get_or_synthesize(text)?;
+            if let Some(store) = &self.store {
+                store.save(PROMPT, text, &audio);
+            }
         }
         Ok(())
     }
@@ -1206,6 +1312,92 @@ mod tests {
         assert_eq!(mixed.len(), 2);
         assert_eq!(mixed[1].samples.len(), first[1].samples.len());
         pool.shutdown();
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_restarted_pool_reads_fixed_sentences_from_disk_instead_of_synthesising() {
+        let Some(voice) = cached_voice() else { return };
+        let voice = Arc::new(voice);
+        let root = tempfile::tempdir().unwrap();
+        let open_store = || {
+            let identity = voice.store_identity(TELEPHONY_RATE);
+            Arc::new(SentenceStore::open(root.path(), &identity).unwrap())
+        };
+        let start = |store: &Arc<SentenceStore>| {
+            let config = TtsPoolConfig {
+                sentence_store: Some(Arc::clone(store)),
+                ..Default::default()
+            };
+            TtsWorkerPool::start(Arc::clone(&voice), config).unwrap()
+        };
+        let texts = vec!["Recycling goes out on Tuesdays. Glass goes in the box.".to_string()];
+        let sentences = ["Recycling goes out on Tuesdays.", "Glass goes in the box."];
+
+        // First start: synthesised ahead of time and written to disk.
+        let first_store = open_store();
+        let first = start(&first_store);
+        first.presynthesize(texts.clone(), None);
+        wait_until("first run stores both sentences", || {
+            first_store.stats().saves == 2
+        });
+        let synthesised: Vec<Arc<[i16]>> = sentences
+            .iter()
+            .map(|s| first.sentence_cache().get(s).expect("cached"))
+            .collect();
+        first.shutdown();
+
+        // Restart: the same audio comes from disk, nothing is synthesised.
+        let second_store = open_store();
+        let second = start(&second_store);
+        second.presynthesize(texts.clone(), None);
+        wait_until("second run loads both sentences", || {
+            sentences
+                .iter()
+                .all(|s| second.sentence_cache().contains(s))
+        });
+        assert_eq!(second_store.stats(), StoreStats { loads: 2, saves: 0 });
+        for (sentence, audio) in sentences.iter().zip(&synthesised) {
+            assert_eq!(&second.sentence_cache().get(sentence).unwrap(), audio);
+        }
+        second.shutdown();
+
+        // A caller asking before the background reaches it gets it from disk
+        // too; a sentence said live (caller-specific) is never written.
+        let third_store = open_store();
+        let third = start(&third_store);
+        let chunks = all_chunks(third.try_speak("Glass goes in the box.").unwrap());
+        assert_eq!(chunks[0].samples[..], synthesised[1][..]);
+        let _ = all_chunks(third.try_speak("Your reference is 4 4 1 9.").unwrap());
+        assert_eq!(third_store.stats(), StoreStats { loads: 1, saves: 0 });
+        third.shutdown();
+    }
+
+    #[test]
+    fn stored_prompts_are_read_back_on_the_next_start() {
+        let Some(voice) = cached_voice() else { return };
+        let voice = Arc::new(voice);
+        let root = tempfile::tempdir().unwrap();
+        let identity = voice.store_identity(TELEPHONY_RATE);
+        let store = Arc::new(SentenceStore::open(root.path(), &identity).unwrap());
+        let prompts = PromptCache::new(Arc::clone(&voice), 8).with_store(Some(Arc::clone(&store)));
+        prompts.warm(["One moment, please."]).unwrap();
+        assert_eq!(store.stats(), StoreStats { loads: 0, saves: 1 });
+        let again_store = Arc::new(SentenceStore::open(root.path(), &identity).unwrap());
+        let again = PromptCache::new(voice, 8).with_store(Some(Arc::clone(&again_store)));
+        again.warm(["One moment, please."]).unwrap();
+        assert_eq!(again_store.stats(), StoreStats { loads: 1, saves: 0 });
+        assert_eq!(
+            again.get("One moment, please."),
+            prompts.get("One moment, please.")
+        );
     }
 
     #[test]
