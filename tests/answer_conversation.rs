@@ -107,6 +107,29 @@ fn bulky_collection_and_council_tax_flows_complete() {
 }
 
 #[test]
+fn my_road_is_not_taken_for_a_street_name() {
+    let engine = engine();
+    let mut call = engine.new_conversation_seeded(11);
+    let turn = call.respond(&engine, "i want to report a pothole on my road");
+    assert!(
+        !turn.reply.to_lowercase().contains("my road"),
+        "read back 'my road' as a place: {}",
+        turn.reply
+    );
+    assert!(
+        turn.reply.contains('?'),
+        "no question asked: {}",
+        turn.reply
+    );
+    let turn = call.respond(&engine, "its on ashbourne road by the school");
+    assert!(
+        turn.reply.contains("pothole, Ashbourne Road"),
+        "{}",
+        turn.reply
+    );
+}
+
+#[test]
 fn start_again_clears_the_request() {
     let engine = engine();
     let mut call = engine.new_conversation_seeded(4);
