@@ -622,6 +622,7 @@ pub async fn run_assistant(
         partial: None,
         partials_shown: 0,
         speculations: 0,
+        speculations_cancelled: 0,
         answered_burst_end: None,
         turn_clock: None,
         answers_given: 0,
@@ -683,6 +684,8 @@ struct Pipeline<'s> {
     partials_shown: u32,
     /// Speculative recognitions started in the turn in progress, for the log.
     speculations: u32,
+    /// Speculative passes of this turn cancelled under load (the caller went on).
+    speculations_cancelled: u32,
     /// A short burst answered from its own words ends here: the turn the
     /// endpoint detector reports for it is not a second question.
     answered_burst_end: Option<Duration>,
@@ -804,10 +807,21 @@ impl Pipeline<'_> {
                     Some(ListenerEvent::TurnResumed) => {
                         // Its recognition still makes a live partial; an answer
                         // already prepared is dropped (its synthesis cancelled).
+                        // Under load a pass over words the caller has gone on
+                        // from would hold a recogniser that another caller's
+                        // finished turn needs: it is cancelled (future dropped).
+                        let busy = !self.services.asr.has_idle_worker();
                         if let Some(speculation) = self.speculation.as_mut() {
                             speculation.resumed = true;
-                            if let Speculated::Answered(prepared) = &speculation.transcript {
-                                speculation.transcript = Speculated::Done(prepared.text.clone());
+                            match &speculation.transcript {
+                                Speculated::Answered(prepared) => {
+                                    speculation.transcript = Speculated::Done(prepared.text.clone());
+                                }
+                                Speculated::Running(_) if busy => {
+                                    self.speculation = None;
+                                    self.speculations_cancelled += 1;
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -839,11 +853,13 @@ impl Pipeline<'_> {
                                 turn_ms = speech_end.saturating_sub(onset).as_millis() as u64,
                                 partial_transcripts = self.partials_shown,
                                 speculative_passes = self.speculations,
+                                speculative_cancelled = self.speculations_cancelled,
                                 "caller's turn ended"
                             );
                         }
                         self.partials_shown = 0;
                         self.speculations = 0;
+                        self.speculations_cancelled = 0;
                         let speculation = self.speculation.take();
                         let mut clock = self
                             .turn_clock
