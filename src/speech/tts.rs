@@ -219,12 +219,23 @@ impl PiperVoice {
     /// [`SentenceStore`]: the model file, its settings and the options that
     /// change the audio (not the number of sessions or threads).
     pub fn store_identity(&self, rate: u32) -> String {
-        let o = &self.options;
+        let (c, o) = (&self.config, &self.options);
         store::voice_identity(
             &self.model_path,
+            // Not the phoneme map: a HashMap prints in a different order in
+            // every process (it comes with the model file anyway).
             &format!(
-                "{:?}; speaker {} length {:?} noise {:?} {:?}",
-                self.config, o.speaker_id, o.length_scale, o.noise_scale, o.noise_w
+                "{} Hz, espeak {}, scales {} {} {}, {} speakers; speaker {} length {:?} noise {:?} {:?}",
+                c.sample_rate,
+                c.espeak_voice,
+                c.noise_scale,
+                c.length_scale,
+                c.noise_w,
+                c.num_speakers,
+                o.speaker_id,
+                o.length_scale,
+                o.noise_scale,
+                o.noise_w
             ),
             rate,
         )
@@ -1340,6 +1351,12 @@ mod tests {
         };
         let texts = vec!["Recycling goes out on Tuesdays. Glass goes in the box.".to_string()];
         let sentences = ["Recycling goes out on Tuesdays.", "Glass goes in the box."];
+        // The same voice loaded again (as by another process) is the same store.
+        let reloaded = cached_voice().unwrap();
+        assert_eq!(
+            reloaded.store_identity(TELEPHONY_RATE),
+            voice.store_identity(TELEPHONY_RATE)
+        );
 
         // First start: synthesised ahead of time and written to disk.
         let first_store = open_store();

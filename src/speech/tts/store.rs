@@ -180,6 +180,35 @@ impl SentenceStore {
                 removed += 1;
             }
         }
+        removed + self.prune_other_voices(stale_after)
+    }
+
+    /// Removes the directories of other voice identities (an older model, a
+    /// changed option) in which no file was used for `stale_after`.
+    fn prune_other_voices(&self, stale_after: Duration) -> usize {
+        let Some(Ok(siblings)) = self.dir.parent().map(fs::read_dir) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let recent = |path: &Path| {
+            fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() <= stale_after)
+        };
+        let mut removed = 0;
+        for sibling in siblings.flatten() {
+            let path = sibling.path();
+            if path == self.dir || !path.is_dir() {
+                continue;
+            }
+            let Ok(files) = fs::read_dir(&path) else {
+                continue;
+            };
+            let files: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+            if !files.iter().any(|f| recent(f)) && fs::remove_dir_all(&path).is_ok() {
+                removed += files.len();
+            }
+        }
         removed
     }
 
@@ -328,5 +357,26 @@ mod tests {
         // Using a file refreshed its time: a third run does not prune it.
         let third = SentenceStore::open(root.path(), "voice").unwrap();
         assert_eq!(third.prune(STALE_AFTER), 0);
+    }
+
+    #[test]
+    fn another_voices_directory_goes_once_none_of_it_was_used_for_long() {
+        let root = tempfile::tempdir().unwrap();
+        let old_voice = SentenceStore::open(root.path(), "old model").unwrap();
+        old_voice.save("sentence", "Hello.", &[1; 10]);
+        let active = SentenceStore::open(root.path(), "other model in use").unwrap();
+        active.save("sentence", "Hello.", &[1; 10]);
+        let current = SentenceStore::open(root.path(), "current model").unwrap();
+        assert_eq!(current.prune(STALE_AFTER), 0, "both recently used");
+        let path = old_voice
+            .dir()
+            .join(SentenceStore::file_name("sentence", "Hello."));
+        let file = fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - STALE_AFTER - Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(current.prune(STALE_AFTER), 1);
+        assert!(!old_voice.dir().exists());
+        assert!(active.dir().exists());
+        assert!(current.dir().exists());
     }
 }
