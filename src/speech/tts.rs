@@ -1183,15 +1183,21 @@ impl PromptCache {
         if let Some(audio) = self.get(text) {
             return Ok(audio);
         }
-        let audio: Arc<[i16]> = Arc::from(self.voice.synthesize_all(text, TELEPHONY_RATE)?);
+        let audio = self.voice.synthesize_all(text, TELEPHONY_RATE)?;
+        Ok(self.keep(text, Arc::from(audio)))
+    }
+
+    /// Keeps `audio` for `text` while there is room; returns the audio kept
+    /// (another thread's, if it got there first).
+    fn keep(&self, text: &str, audio: Arc<[i16]>) -> Arc<[i16]> {
         let mut entries = self.entries.write();
         if let Some(existing) = entries.get(text) {
-            return Ok(Arc::clone(existing));
+            return Arc::clone(existing);
         }
         if entries.len() < self.max_entries {
             entries.insert(text.to_string(), Arc::clone(&audio));
         }
-        Ok(audio)
+        audio
     }
 
     /// Synthesises every prompt now, so the first call does not wait.
@@ -1206,10 +1212,7 @@ impl PromptCache {
                 .as_ref()
                 .and_then(|store| store.load(PROMPT, text));
             if let Some(audio) = stored {
-                let mut entries = self.entries.write();
-                if entries.len() < self.max_entries {
-                    entries.insert(text.to_string(), Arc::from(audio));
-                }
+                self.keep(text, Arc::from(audio));
                 continue;
             }
             let audio = self.get_or_synthesize(text)?;

@@ -145,8 +145,12 @@ impl SentenceStore {
 
     /// Keeps `text`'s file (if stored) through [`Self::prune`] although this
     /// run did not need to read it (the audio was already in memory).
+    /// Asking again costs no I/O.
     pub fn keep(&self, kind: &str, text: &str) {
         let name = Self::file_name(kind, text);
+        if self.used.lock().contains(&name) {
+            return;
+        }
         let path = self.dir.join(&name);
         if path.exists() {
             self.mark_used(name, &path);
