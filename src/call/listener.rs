@@ -49,6 +49,11 @@ pub enum ListenerInput {
 /// [`ListenerEvent::TurnPausing`]).
 #[derive(Clone)]
 pub struct PartialPolicy {
+    /// Continuous speech before a turn's first offer. Longer than `every`:
+    /// most questions are over within a couple of seconds, and a partial
+    /// started just before the caller stops only holds a recogniser (and
+    /// the core the turn's own pass would borrow) as the turn is recognised.
+    pub first: Duration,
     /// Continuous speech between two offers.
     pub every: Duration,
     /// Whether a recogniser is free now; audio is copied and offered only
@@ -59,6 +64,7 @@ pub struct PartialPolicy {
 impl std::fmt::Debug for PartialPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartialPolicy")
+            .field("first", &self.first)
             .field("every", &self.every)
             .finish_non_exhaustive()
     }
@@ -180,6 +186,7 @@ impl Listener {
                     bot_speaking: false,
                     partials,
                     last_partial: Duration::ZERO,
+                    partial_offered: false,
                 };
                 let mut events = Vec::new();
                 while let Ok(input) = input_rx.recv() {
@@ -300,6 +307,8 @@ struct Ear {
     /// Stream time the current turn's audio was last offered for a
     /// transcript (its onset at first).
     last_partial: Duration,
+    /// The current turn's audio has been offered for a transcript.
+    partial_offered: bool,
 }
 
 impl Ear {
@@ -360,6 +369,7 @@ impl Ear {
                 && let Some(from) = self.turn_from
             {
                 self.last_partial = window.end;
+                self.partial_offered = true;
                 events.push(ListenerEvent::TurnInProgress {
                     onset: self.endpoint.turn_onset().unwrap_or_default(),
                     audio: self.audio_between(from, self.position),
@@ -381,6 +391,7 @@ impl Ear {
             {
                 self.speculated = true;
                 self.last_partial = window.end;
+                self.partial_offered = true;
                 let onset = self.endpoint.turn_onset().unwrap_or_default();
                 events.push(ListenerEvent::TurnPausing {
                     onset,
@@ -398,6 +409,7 @@ impl Ear {
                 self.turn_from = Some(samples_for(audio_from).max(self.audio_start));
                 self.speculated = false;
                 self.last_partial = onset;
+                self.partial_offered = false;
                 events.push(ListenerEvent::SpeechStarted { onset });
             }
             EndpointEvent::EndOfTurn {
@@ -433,6 +445,7 @@ impl Ear {
         partial_due(
             self.partials.as_ref(),
             self.bot_speaking || self.turn_from.is_none(),
+            self.partial_offered,
             now.saturating_sub(self.last_partial),
         )
     }
@@ -472,9 +485,18 @@ impl Ear {
 /// Whether a turn's audio should be offered for a partial transcript:
 /// partials are wanted, the speaker is in a turn of their own (`elsewhere`:
 /// not in a turn, or talking over Frontdoor), they have talked `for` long
-/// enough since the last offer, and a recogniser is idle.
-fn partial_due(policy: Option<&PartialPolicy>, elsewhere: bool, talked_for: Duration) -> bool {
-    policy.is_some_and(|policy| !elsewhere && talked_for >= policy.every && (policy.worker_idle)())
+/// enough since the turn began (`first`) or since the last offer (`every`,
+/// once `offered`), and a recogniser is idle.
+fn partial_due(
+    policy: Option<&PartialPolicy>,
+    elsewhere: bool,
+    offered: bool,
+    talked_for: Duration,
+) -> bool {
+    policy.is_some_and(|policy| {
+        let wait = if offered { policy.every } else { policy.first };
+        !elsewhere && talked_for >= wait && (policy.worker_idle)()
+    })
 }
 
 #[cfg(test)]
@@ -484,6 +506,7 @@ mod tests {
 
     fn policy(idle: Arc<AtomicBool>, asked: Arc<AtomicUsize>) -> PartialPolicy {
         PartialPolicy {
+            first: Duration::from_millis(2500),
             every: Duration::from_millis(1500),
             worker_idle: Arc::new(move || {
                 asked.fetch_add(1, Ordering::Relaxed);
@@ -497,21 +520,26 @@ mod tests {
         let idle = Arc::new(AtomicBool::new(true));
         let asked = Arc::new(AtomicUsize::new(0));
         let policy = policy(idle.clone(), asked.clone());
-        let long = Duration::from_millis(1600);
-        assert!(partial_due(Some(&policy), false, long));
-        assert!(!partial_due(
-            Some(&policy),
-            false,
-            Duration::from_millis(1400)
-        ));
-        assert!(!partial_due(None, false, long), "partials not wanted");
+        let ms = Duration::from_millis;
+        // A turn's first offer waits longer: a short question is over
+        // before it, and its own recognition gets the recogniser.
+        assert!(!partial_due(Some(&policy), false, false, ms(2000)));
+        assert!(partial_due(Some(&policy), false, false, ms(2600)));
+        // Later offers come every 1.5 s of further speech.
+        assert!(partial_due(Some(&policy), false, true, ms(1600)));
+        assert!(!partial_due(Some(&policy), false, true, ms(1400)));
+        let long = ms(3000);
         assert!(
-            !partial_due(Some(&policy), true, long),
+            !partial_due(None, false, false, long),
+            "partials not wanted"
+        );
+        assert!(
+            !partial_due(Some(&policy), true, false, long),
             "talking over Frontdoor"
         );
         idle.store(false, Ordering::Relaxed);
         assert!(
-            !partial_due(Some(&policy), false, long),
+            !partial_due(Some(&policy), false, false, long),
             "every recogniser busy"
         );
     }
@@ -521,14 +549,16 @@ mod tests {
         let idle = Arc::new(AtomicBool::new(true));
         let asked = Arc::new(AtomicUsize::new(0));
         let policy = policy(idle, asked.clone());
-        partial_due(Some(&policy), false, Duration::from_millis(100));
-        partial_due(Some(&policy), true, Duration::from_secs(5));
+        partial_due(Some(&policy), false, false, Duration::from_millis(100));
+        partial_due(Some(&policy), false, true, Duration::from_millis(100));
+        partial_due(Some(&policy), false, false, Duration::from_secs(2));
+        partial_due(Some(&policy), true, false, Duration::from_secs(5));
         assert_eq!(
             asked.load(Ordering::Relaxed),
             0,
             "the pool lock is not taken per window"
         );
-        partial_due(Some(&policy), false, Duration::from_secs(2));
+        partial_due(Some(&policy), false, false, Duration::from_secs(3));
         assert_eq!(asked.load(Ordering::Relaxed), 1);
     }
 }
