@@ -368,8 +368,7 @@ impl Ear {
                 && self.partial_due(window.end)
                 && let Some(from) = self.turn_from
             {
-                self.last_partial = window.end;
-                self.partial_offered = true;
+                self.offered_at(window.end);
                 events.push(ListenerEvent::TurnInProgress {
                     onset: self.endpoint.turn_onset().unwrap_or_default(),
                     audio: self.audio_between(from, self.position),
@@ -390,8 +389,7 @@ impl Ear {
                 && let Some(from) = self.turn_from
             {
                 self.speculated = true;
-                self.last_partial = window.end;
-                self.partial_offered = true;
+                self.offered_at(window.end);
                 let onset = self.endpoint.turn_onset().unwrap_or_default();
                 events.push(ListenerEvent::TurnPausing {
                     onset,
@@ -437,6 +435,13 @@ impl Ear {
                     .partials
                     .as_ref()
                     .is_some_and(|policy| (policy.worker_idle)()))
+    }
+
+    /// The turn's audio up to stream time `at` went for a transcript (a
+    /// partial, or a speculative pass shown as one).
+    fn offered_at(&mut self, at: Duration) {
+        self.last_partial = at;
+        self.partial_offered = true;
     }
 
     /// Whether the turn's audio should be offered for a partial transcript at

@@ -51,18 +51,17 @@ pub fn load_assistant(config: &Config) -> anyhow::Result<AssistantServices> {
     // Audio of fixed texts is kept on disk beside the models, so a restart
     // needs no synthesis before its first calls (see `SentenceStore`).
     let root = config.models_cache_dir().join("tts");
-    let identity = voice.store_identity(crate::speech::TELEPHONY_RATE);
-    let store = match config
-        .assistant
-        .tts_store
-        .then(|| SentenceStore::open(&root, &identity))
-    {
-        None => None,
-        Some(Ok(store)) => Some(Arc::new(store)),
-        Some(Err(error)) => {
-            warn!(%error, dir = %root.display(), "synthesised audio will not be kept on disk");
-            None
+    let store = if config.assistant.tts_store {
+        let identity = voice.store_identity(crate::speech::TELEPHONY_RATE);
+        match SentenceStore::open(&root, &identity) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(error) => {
+                warn!(%error, dir = %root.display(), "synthesised audio will not be kept on disk");
+                None
+            }
         }
+    } else {
+        None
     };
     let prompts = PromptCache::new(voice.clone(), 64).with_store(store.clone());
     // Fixed phrases are synthesised now, so the greeting starts at once.
