@@ -672,9 +672,18 @@ fn a_caller_who_pauses_mid_request_is_answered_on_the_whole_request() {
         "the pause split the request: {turns:?}\n{}",
         engine.log()
     );
+    // Words from both sides of the pause, in one turn. ("bin" itself is
+    // not asserted: tiny.en once heard "then" for it in a loaded CI run, and
+    // recognition accuracy is measured in asr_wer; the answer below shows
+    // the request was understood.)
+    let heard = caller[0].1.to_lowercase();
     assert!(
-        caller[0].1.to_lowercase().contains("bin"),
+        heard.contains("wondering") && heard.contains("collection"),
         "the whole request was not recognised: {turns:?}"
+    );
+    assert!(
+        heard.matches("collection").count() == 1,
+        "the request was written twice: {turns:?}"
     );
     // The greeting, then one answer: the one to the whole request.
     let answers: Vec<_> = turns

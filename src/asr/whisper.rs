@@ -377,15 +377,9 @@ impl Transcriber {
             // A decode that finished the caller's sentence and then began it
             // again is kept up to the sentence's end (if that passes the
             // guards) instead of paying for a second, larger decode.
-            if let Some(sentence) = restarted_sentence(&decoded.text)
+            if let Some(trimmed) = keep_restarted_sentence(&decoded)
                 .filter(|_| matches!(trip, GuardTrip::TooManyWords | GuardTrip::Repetition))
             {
-                let share = sentence.len() as f32 / decoded.text.len().max(1) as f32;
-                let trimmed = Decoded {
-                    text: sentence.to_string(),
-                    text_tokens: (decoded.text_tokens as f32 * share).ceil() as usize,
-                    mean_logprob: decoded.mean_logprob,
-                };
                 let summary = DecodeSummary {
                     text: &trimmed.text,
                     text_tokens: trimmed.text_tokens,
@@ -418,7 +412,10 @@ impl Transcriber {
             );
         }
         // No fitted window, or every fitted one rejected (`first_trip` says why).
+        // The full window is not judged again, but a sentence it wrote twice
+        // is still kept once.
         let decoded = self.decode(pcm, None, budget, options)?;
+        let decoded = keep_restarted_sentence(&decoded).unwrap_or(decoded);
         Ok((
             decoded,
             WindowUsed {
@@ -516,6 +513,19 @@ impl Transcriber {
             },
         })
     }
+}
+
+/// `decoded` up to the end of its first sentence when the rest only says
+/// that sentence again (see [`restarted_sentence`]), its token count scaled
+/// to the text kept.
+fn keep_restarted_sentence(decoded: &Decoded) -> Option<Decoded> {
+    let sentence = restarted_sentence(&decoded.text)?;
+    let share = sentence.len() as f32 / decoded.text.len().max(1) as f32;
+    Some(Decoded {
+        text: sentence.to_string(),
+        text_tokens: (decoded.text_tokens as f32 * share).ceil() as usize,
+        mean_logprob: decoded.mean_logprob,
+    })
 }
 
 /// whisper.cpp's abort hook: `data` is the `AtomicBool` of a

@@ -235,6 +235,11 @@ pub fn check_transcript(decoded: &DecodeSummary<'_>, limits: &GuardLimits) -> Op
     if longest_repeat_run(&words, 1) >= limits.max_word_repeats
         || longest_repeat_run(&words, 2) >= limits.max_pair_repeats
         || (3..=6).any(|n| longest_repeat_run(&words, n) >= limits.max_phrase_repeats)
+        // A longer sentence said again whole ("I was wondering about my bin
+        // collection day, please. I was wondering about my bin collection
+        // day, please."): tiny.en wrote it twice for a fitted window padded
+        // with ~100 ms more silence, and no phrase of 3-6 words repeats.
+        || (limits.max_phrase_repeats != usize::MAX && restarted_sentence(decoded.text).is_some())
     {
         return Some(GuardTrip::Repetition);
     }
@@ -464,6 +469,19 @@ mod tests {
         assert_eq!(
             check_transcript(&looped, &limits),
             Some(GuardTrip::Repetition)
+        );
+        let sentence_twice = summary(
+            "I was wondering about my bin collection day, please. \
+             I was wondering about my bin collection day, please.",
+            4.3,
+        );
+        assert_eq!(
+            check_transcript(&sentence_twice, &limits),
+            Some(GuardTrip::Repetition)
+        );
+        assert_eq!(
+            restarted_sentence(sentence_twice.text),
+            Some("I was wondering about my bin collection day, please.")
         );
         let twice = summary("Seven of clubs. Seven of clubs.", 6.0);
         assert_eq!(
