@@ -700,6 +700,23 @@ fn indirect_wording_of_each_risk_is_escalated() {
             "my husband has all the cards i only get ten pound a week and he says if i leave ill never see the children",
             "safeguarding",
         ),
+        // After blind set 25 (new wording of its misses, not its sentences).
+        (
+            "the lady across the road hasnt had her bins out for weeks and shes wasting away",
+            "safeguarding",
+        ),
+        (
+            "theres a man slumped in the doorway of the old bank round the corner and hes not responding",
+            "emergency",
+        ),
+        (
+            "some older lads outside the chippy keep giving the year sevens vapes and offering them lifts",
+            "safeguarding",
+        ),
+        (
+            "could you connect me with somebody in the housing team please",
+            "human_request",
+        ),
     ] {
         assert_escalates(&engine, text, expected);
     }
@@ -771,5 +788,36 @@ fn ordinary_twins_of_the_blind21_to_24_rules_are_not_escalated() {
         "im ninety and i cant get up the stairs can i have a stair lift assessment",
     ] {
         assert_escalates(&engine, text, "none");
+    }
+}
+
+/// Ordinary twins of the rules, guards and examples added after blind set
+/// 25, and the real risk those guards must leave alone.
+#[test]
+fn blind25_guards_mask_the_past_and_anger_but_not_risk_now() {
+    let engine = engine();
+    for text in [
+        "the school is offering the kids lifts to the sports day can i get a form",
+        "the bin men left half the rubbish on the road i couldve murdered them",
+        "i was in a bad place a couple of years ago but ive had counselling and im doing well now can i join the gym at the leisure centre",
+        "my dad had a nasty fall in the spring but hes home now and on the mend can we get a handrail",
+    ] {
+        assert_escalates(&engine, text, "none");
+    }
+    for (text, expected) in [
+        (
+            "i was in a dark place last year and had help but its all coming back and i cant cope",
+            "distress",
+        ),
+        (
+            "the noise next door went on all night i couldve murdered them and now i just want to end it all",
+            "distress",
+        ),
+        (
+            "a grown man keeps buying my daughter phones and giving her lifts",
+            "safeguarding",
+        ),
+    ] {
+        assert_escalates(&engine, text, expected);
     }
 }
