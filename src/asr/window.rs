@@ -316,6 +316,15 @@ fn restates(head: &str, rest: &str) -> bool {
     })
 }
 
+/// Whether an unprompted decode of the same window shows that a prompted
+/// one which stopped on a comma had in fact heard the whole utterance: it
+/// ends a sentence on as many words. Fewer words (it stopped sooner), more
+/// (the comma hid the rest) or a comma of its own say nothing of the kind.
+pub fn unprompted_ends_it_there(prompted: &str, unprompted: &str) -> bool {
+    unprompted.trim_end().ends_with(['.', '?', '!'])
+        && words_of(unprompted).len() == words_of(prompted).len()
+}
+
 /// The words of `text` without surrounding punctuation, as the guards count
 /// and compare them.
 fn words_of(text: &str) -> Vec<&str> {
@@ -572,6 +581,34 @@ mod tests {
         assert_eq!(longest_repeat_run(&words, 1), 1);
         assert_eq!(longest_repeat_run(&[], 1), 0);
         assert_eq!(longest_repeat_run(&["x"], 3), 1);
+    }
+
+    #[test]
+    fn an_unprompted_decode_confirms_a_comma_only_when_it_ends_there() {
+        assert!(unprompted_ends_it_there(
+            "How do I pay my council tax,",
+            "How do I pay my council tax."
+        ));
+        assert!(unprompted_ends_it_there(
+            "When is my bin day,",
+            "When is my been day?"
+        ));
+        // It stopped sooner: no evidence.
+        assert!(!unprompted_ends_it_there(
+            "Unless to be rather cold-hearted and rather selfish, is to be old as opposed,",
+            "Unless to be rather cold-hearted and rather selfish, is"
+        ));
+        // It heard more: the comma hid words.
+        assert!(!unprompted_ends_it_there(
+            "I want to report a pothole,",
+            "I want to report a pothole on Elm Road."
+        ));
+        // It stopped on a comma too, or on nothing.
+        assert!(!unprompted_ends_it_there(
+            "I want to report a pothole,",
+            "I want to report a pothole,"
+        ));
+        assert!(!unprompted_ends_it_there("I want to report a pothole,", ""));
     }
 
     #[test]
