@@ -801,6 +801,9 @@ fn blind25_guards_mask_the_past_and_anger_but_not_risk_now() {
         "the bin men left half the rubbish on the road i couldve murdered them",
         "i was in a bad place a couple of years ago but ive had counselling and im doing well now can i join the gym at the leisure centre",
         "my dad had a nasty fall in the spring but hes home now and on the mend can we get a handrail",
+        // A card number read in groups, recognised at a pause between them
+        // (CI run 29: "he takes my bank card" was its nearest example).
+        "my card number is 4929, 1234,",
     ] {
         assert_escalates(&engine, text, "none");
     }
@@ -815,6 +818,10 @@ fn blind25_guards_mask_the_past_and_anger_but_not_risk_now() {
         ),
         (
             "a grown man keeps buying my daughter phones and giving her lifts",
+            "safeguarding",
+        ),
+        (
+            "my son has my bank card and wont give me any money for food",
             "safeguarding",
         ),
     ] {
