@@ -380,10 +380,11 @@ impl Transcriber {
             // passes the guards and ends the sentence on as many words, the
             // prompted words were the whole utterance and are kept, without
             // the comma. Anything else (it stops sooner, goes on, or ends on
-            // a comma too) is left to the larger windows, and only the first
-            // window is settled so: a 4.5 s sentence ended "... is to be
-            // old as opposed," at 384 and "... selfish, is" unprompted, and
-            // only the full window heard "ill disposed".
+            // a comma too) is left to the larger windows: a 4.5 s sentence
+            // ended "... is to be old as opposed," at its first window (384)
+            // and "... selfish, is" unprompted, and only the full window
+            // heard "ill disposed". Only a first window is settled so; a
+            // larger one that ends on a comma as well goes on to the next.
             if trip == GuardTrip::Unfinished
                 && first_trip.is_none()
                 && !options.without_prompt
